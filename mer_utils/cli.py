@@ -1,7 +1,7 @@
 """Command line: ``mer`` or ``python -m mer_utils``.
 
-Subcommands: data, synth, preprocess, loso, metrics. Each is a thin wrapper over a
-package function; errors of the kit (MerError) print as one line and exit with status 2.
+Subcommands: data, synth, preprocess, loso, metrics, reproduce. Each is a thin wrapper
+over a package function; errors of the kit (MerError) print as one line and exit with status 2.
 """
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ from pathlib import Path
 
 from mer_utils.errors import MerError
 
-PROTOCOL_NAMES = ("casme2-5class", "megc2019")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
+    from mer_utils.data import PROTOCOLS
+
     p.add_argument("--root", required=True, type=Path,
                    help="data root holding any of CASME2/, SAMM/, SMIC/")
     p.add_argument("--protocol", required=True,
-                   help=f"evaluation protocol: one of {', '.join(PROTOCOL_NAMES)}")
+                   help=f"evaluation protocol: one of {', '.join(PROTOCOLS)}")
     p.add_argument("--megc-list", type=Path, default=None,
                    help="MEGC2019 sample list (official CSV, with or without header); "
                         "'official' for the list shipped with the kit")
@@ -29,9 +30,50 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _megc_list(value: Path | None):
     if value is not None and str(value) == "official":
-        from mer_utils.data import OFFICIAL_MEGC2019_LIST
+        from mer_utils.paths import OFFICIAL_MEGC2019_LIST
         return OFFICIAL_MEGC2019_LIST
     return value
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    """The experiment's settings; every default is the configuration's (mer_utils.config)."""
+    from mer_utils.config import CROPNET_METHODS, METHODS
+    from mer_utils.face import FACE_CROP, FACE_CROPS
+    from mer_utils.preprocess import N_KEY, PREPROCESS_SIZE
+    from mer_utils.train import TrainConfig
+
+    train = TrainConfig()
+    p.add_argument("--method", default=CROPNET_METHODS[0], choices=METHODS)
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"training epochs, fixed before the run (default {train.epochs})")
+    p.add_argument("--lr", type=float, default=None, help=f"AdamP peak learning rate (default {train.lr:g})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default {train.batch_size})")
+    p.add_argument("--image-size", type=int, default=None, help=f"CropNet input side (default {train.image_size})")
+    p.add_argument("--backbone", default=None, help=f"timm backbone (default {train.backbone})")
+    p.add_argument("--pretrained-weights", default=None,
+                   help="'imagenet' (timm's ImageNet weights, downloaded once), a local weights file, "
+                        "or 'none' to train from scratch (default)")
+    p.add_argument("--seed", type=int, default=None, help=f"seed (default {train.seed})")
+    p.add_argument("--n-key", type=int, default=None, help=f"key frames per clip, N_key (default {N_KEY})")
+    p.add_argument("--no-cgpo", action="store_true", help="single-image ablation variant")
+    p.add_argument("--face-crop", default=None, choices=FACE_CROPS, help=f"default {FACE_CROP}")
+    p.add_argument("--preprocess-size", type=int, default=None,
+                   help=f"side of the cached preprocessed images (default {PREPROCESS_SIZE})")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="preprocessing cache (default: <root>/../interim/cache)")
+
+
+def _experiment_config(args: argparse.Namespace):
+    from mer_utils.config import ExperimentConfig
+
+    values = {k: v for k, v in vars(args).items() if k != "func"}
+    values.update(root=str(Path(args.root).resolve()), cgpo=False if args.no_cgpo else None,
+                  megc_list=str(Path(str(_megc_list(args.megc_list))).resolve()) if args.megc_list else "",
+                  cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else "",
+                  pretrained_weights=(str(Path(args.pretrained_weights).resolve())
+                                      if args.pretrained_weights and Path(args.pretrained_weights).exists()
+                                      else args.pretrained_weights))
+    return ExperimentConfig.from_parameters(values)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -53,7 +95,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     counts = make_synthetic(args.out, full=args.full, amplitude=args.amplitude,
                             noise=args.noise, seed=args.seed, workers=args.workers,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, subjects=args.subjects,
+                            clips_per_subject=args.clips_per_subject)
     total = sum(counts.values())
     detail = ", ".join(f"{k}: {v}" for k, v in counts.items())
     print(f"synthetic data in {args.out}: {total} clips ({detail}) "
@@ -77,17 +120,9 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 def cmd_loso(args: argparse.Namespace) -> int:
     from mer_utils.evaluate import format_metrics
-    from mer_utils.runs import ExperimentConfig, run_experiment
+    from mer_utils.runs import run_experiment
 
-    config = ExperimentConfig(
-        root=str(args.root), protocol=args.protocol, method=args.method,
-        megc_list=str(_megc_list(args.megc_list)) if args.megc_list else None,
-        epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
-        seed=args.seed, n_key=args.n_key, cgpo=not args.no_cgpo,
-        preprocess_size=args.preprocess_size,
-        cache_dir=str(args.cache_dir) if args.cache_dir else None,
-        pretrained_weights=str(args.pretrained_weights) if args.pretrained_weights else None,
-    )
+    config = _experiment_config(args)
     result = run_experiment(config, args.out, scheduler=args.scheduler,
                             workers=args.workers, folds=args.folds)
     print(format_metrics(result.metrics))
@@ -111,7 +146,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from mer_utils.reports import reproduce
+    from mer_utils.reproduce import reproduce
 
     index = reproduce(data_root=args.data_root, profile=args.profile, only=args.only,
                       runs_dir=args.runs_dir, reports_dir=args.reports_dir)
@@ -120,6 +155,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mer_utils import paths
+    from mer_utils.config import CROPNET_METHODS
+    from mer_utils.face import FACE_CROP, FACE_CROPS
+    from mer_utils.preprocess import N_KEY, PREPROCESS_SIZE
+
     parser = argparse.ArgumentParser(
         prog="mer",
         description="mer-residual: micro-expression recognition with pixel residual sums "
@@ -139,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="peak facial displacement in pixels (default 3)")
     p.add_argument("--noise", type=float, default=2.0,
                    help="sensor noise std in grey levels (default 2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="another seed gives other faces, timings and movements")
+    p.add_argument("--subjects", type=int, default=None, help="keep the first N subjects of each dataset")
+    p.add_argument("--clips-per-subject", type=int, default=None, help="keep the first N clips of each subject")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing synthetic folder made by this kit")
@@ -147,30 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("preprocess", help="compute ARS/RRS/flow images into the cache")
     _add_data_args(p)
-    p.add_argument("--method", default="ars", choices=("ars", "rrs", "farneback", "tvl1"))
-    p.add_argument("--n-key", type=int, default=5, help="number of key frames (default 5)")
-    p.add_argument("--face-crop", default="dlib", choices=("dlib", "none"))
-    p.add_argument("--size", type=int, default=320, help="output side in pixels")
+    p.add_argument("--method", default=CROPNET_METHODS[0], choices=CROPNET_METHODS)
+    p.add_argument("--n-key", type=int, default=N_KEY, help=f"number of key frames (default {N_KEY})")
+    p.add_argument("--face-crop", default=FACE_CROP, choices=FACE_CROPS)
+    p.add_argument("--size", type=int, default=PREPROCESS_SIZE, help=f"output side in pixels (default {PREPROCESS_SIZE})")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--out", required=True, type=Path, help="cache folder")
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("loso", help="leave-one-subject-out experiment, then metrics")
     _add_data_args(p)
-    p.add_argument("--method", default="ars",
-                   choices=("ars", "rrs", "farneback", "tvl1", "lbptop"))
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per fold")
-    p.add_argument("--image-size", type=int, default=None, help="CropNet input side")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-key", type=int, default=5)
-    p.add_argument("--preprocess-size", type=int, default=None,
-                   help="side of the cached preprocessed images (default 320)")
-    p.add_argument("--no-cgpo", action="store_true", help="single-image ablation variant")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="preprocessing cache (default: <root>/../interim/cache)")
-    p.add_argument("--pretrained-weights", type=Path, default=None,
-                   help="local ImageNet ReXNet weights file (default: train from scratch)")
+    _add_training_args(p)
     p.add_argument("--folds", type=int, nargs="*", default=None,
                    help="run only these fold indices (default: all)")
     p.add_argument("--scheduler", default=None,
@@ -186,13 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("reproduce", help="run notebooks 01-07 with papermill, render reports/")
-    p.add_argument("--data-root", type=Path, default=Path("data/synthetic"),
+    p.add_argument("--data-root", type=Path, default=Path(paths.SYNTHETIC_DIR),
                    help="folder holding CASME2/, SAMM/, SMIC/ (default: the synthetic data)")
     p.add_argument("--profile", default="synthetic-cpu", choices=("synthetic-cpu", "full-gpu"),
-                   help="parameter set: tiny and fast on a CPU, or the paper's sizes for a GPU")
+                   help="parameter set: small and CPU-fast for the synthetic data, or the paper's for a GPU")
     p.add_argument("--only", nargs="*", default=None, help="notebook numbers, e.g. 01 04")
-    p.add_argument("--runs-dir", type=Path, default=Path("papermill_runs"))
-    p.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    p.add_argument("--runs-dir", type=Path, default=Path(paths.RUNS_DIR))
+    p.add_argument("--reports-dir", type=Path, default=Path(paths.REPORTS_DIR))
     p.set_defaults(func=cmd_reproduce)
     return parser
 

@@ -15,3 +15,7 @@ class PreprocessError(MerError, RuntimeError):
 
 class ConfigError(MerError, ValueError):
     """A run's configuration is invalid or conflicts with an existing experiment."""
+
+
+class EvaluationError(MerError, ValueError):
+    """A predictions table or label set cannot be scored as it stands."""

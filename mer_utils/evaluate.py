@@ -1,6 +1,6 @@
 """Metrics of the MEGC2019 protocol, the predictions table, and confusion-matrix figures.
 
-MEGC2019 definition (DESIGN.md section 3): the predictions of **all** LOSO folds are
+MEGC2019 definition (docs/method.md section 3): the predictions of **all** LOSO folds are
 concatenated first, then
 
 * UF1 = mean over classes c of 2 TP_c / (2 TP_c + FP_c + FN_c),
@@ -27,17 +27,13 @@ import numpy as np
 import pandas as pd
 
 from mer_utils.files import atomic_write_text
-from mer_utils.errors import MerError
+from mer_utils.errors import EvaluationError  # noqa: F401  (re-exported for callers of evaluate)
 
 KEY_COLUMNS = ("dataset", "subject", "clip")
 LABEL_COLUMNS = ("true_label", "pred_label")
 REQUIRED_COLUMNS = KEY_COLUMNS + LABEL_COLUMNS
 PROB_PREFIX = "prob_"
 _LIST_LIMIT = 10  # samples named in an error message before "... and N more"
-
-
-class EvaluationError(MerError, ValueError):
-    """A predictions table or label set cannot be scored as it stands."""
 
 
 # --------------------------------------------------------------------------- metrics
@@ -323,39 +319,28 @@ def format_metrics(metrics: dict) -> str:
 # ------------------------------------------------------------------------- figures
 
 
-def plot_confusion_matrix(confusion_matrix, classes: Sequence[str], title: str = "",
-                          path: str | os.PathLike | None = None):
-    """Confusion-matrix figure: colour = row-normalised rate, cells show count and rate.
 
-    Builds a ``matplotlib.figure.Figure`` directly (no pyplot state, works under any
-    backend); saves it as PNG when ``path`` is given. Rows with no samples show "-".
+
+def chance_scores(support: Sequence[int]) -> dict[str, dict[str, float]]:
+    """Accuracy, UF1 and UAR of two guesses that ignore the input, for a test set whose true
+    class counts are ``support`` (in the protocol's class order; absent classes, count 0,
+    are left out of UF1 and UAR as in :func:`compute_metrics`):
+
+    - ``uniform``: every class guessed with probability 1/K over the K protocol classes;
+      expected counts, so recall 1/K and precision equal to the class's share p_c, hence
+      F1_c = 2 p_c (1/K) / (p_c + 1/K);
+    - ``majority``: always the most frequent class: accuracy p_max, UAR 1/K' (K' classes
+      present) and UF1 = (2 p_max / (1 + p_max)) / K'.
     """
-    from matplotlib.figure import Figure
-
-    matrix = np.asarray(confusion_matrix, dtype=float)
-    k = len(classes)
-    if matrix.shape != (k, k):
-        raise EvaluationError(f"confusion matrix of shape {matrix.shape} for {k} classes")
-    support = matrix.sum(axis=1, keepdims=True)
-    rates = np.divide(matrix, support, out=np.zeros_like(matrix), where=support > 0)
-    side = 1.2 + 0.9 * k
-    fig = Figure(figsize=(side + 1.0, side))
-    ax = fig.add_subplot()
-    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="rate (row-normalised)")
-    for i in range(k):
-        for j in range(k):
-            rate = f"{rates[i, j]:.0%}" if support[i, 0] > 0 else "-"
-            ax.text(j, i, f"{int(matrix[i, j])}\n{rate}", ha="center", va="center",
-                    fontsize=9, color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xticks(range(k), labels=list(classes), rotation=45, ha="right")
-    ax.set_yticks(range(k), labels=list(classes))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig
+    counts = np.asarray(support, dtype=float)
+    if counts.ndim != 1 or counts.size == 0 or counts.sum() <= 0:
+        raise EvaluationError(f"chance_scores needs positive class counts, got {list(support)}")
+    k, share = counts.size, counts / counts.sum()
+    present = counts > 0
+    f1_uniform = 2 * share * (1 / k) / (share + 1 / k)
+    p_max = share.max()
+    return {
+        "uniform": {"accuracy": 1 / k, "uf1": float(f1_uniform[present].mean()), "uar": 1 / k},
+        "majority": {"accuracy": float(p_max), "uf1": float(2 * p_max / (1 + p_max) / present.sum()),
+                     "uar": float(1 / present.sum())},
+    }

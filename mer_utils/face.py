@@ -1,6 +1,6 @@
 """Face alignment for preprocessing (paper 3.1, "Detect Feature Point" and "Cropping").
 
-DESIGN.md 1.2: dlib's HOG frontal face detector plus the 68-point shape predictor run on
+docs/method.md 1.2: dlib's HOG frontal face detector plus the 68-point shape predictor run on
 the clip's **start** frame only; one square box from the landmarks, widened upwards so the
 brows and forehead are in; one similarity transform (eye line level, scaled to ``size``)
 that is then applied to **every** frame of the clip, so residuals measure facial motion
@@ -22,7 +22,8 @@ import numpy as np
 
 from mer_utils.errors import ConfigError, PreprocessError
 
-FACE_CROPS = ("dlib", "none")
+FACE_CROPS = ("dlib", "none")  # detect and align with dlib, or frames that are already face crops
+FACE_CROP = FACE_CROPS[0]  # the default
 DETECT_WIDTH = 400  # longest side of the copy the HOG detector sees (faces >= ~80 px there)
 FOREHEAD = 0.25  # the box's top is raised by this share of the brow-to-chin height
 MARGIN = 0.10  # the square's side is the landmarks' extent times (1 + MARGIN)
@@ -160,7 +161,7 @@ class ResizeOnly:
         return cv2.resize(frame, (self.size, self.size), interpolation=cv2.INTER_AREA)
 
 
-def make_aligner(face_crop: str, size: int = 320) -> FaceAligner | ResizeOnly:
+def make_aligner(face_crop: str, size: int) -> FaceAligner | ResizeOnly:
     """The aligner for ``face_crop`` ("dlib" or "none")."""
     if face_crop == "dlib":
         return FaceAligner(size=size)

@@ -1,4 +1,4 @@
-"""Preprocessing (paper 3.1; DESIGN.md section 1): clip window, key frames, aligned face
+"""Preprocessing (paper 3.1; docs/method.md section 1): clip window, key frames, aligned face
 crops, residual images (ARS, RRS) and the optical-flow baselines, computed in parallel and
 cached on disk as PNG.
 
@@ -28,11 +28,12 @@ import numpy as np
 from mer_utils.data.sample import Sample
 from mer_utils.files import atomic_write_bytes
 from mer_utils.errors import ConfigError, PreprocessError
-from mer_utils.face import DETECT_WIDTH, FOREHEAD, MARGIN, load_face_models, make_aligner
+from mer_utils.face import DETECT_WIDTH, FACE_CROP, FOREHEAD, MARGIN, load_face_models, make_aligner
 
 # Bump when any computation below changes its output: every cached image becomes a miss.
 PREPROCESS_VERSION = 1
-DEFAULT_CACHE_DIR = Path("data/interim/cache")
+N_KEY = 5  # key frames per clip, the paper's N_key (Figure 5 varies it)
+PREPROCESS_SIZE = 320  # side of the aligned crops and cached images (the paper's 320)
 MIN_WINDOW = 10  # eq. 2: windows whose apex is closer than this to the onset run to onset + 10
 
 
@@ -41,7 +42,7 @@ MIN_WINDOW = 10  # eq. 2: windows whose apex is closer than this to the onset ru
 
 def infer_apex(onset: int, offset: int) -> int:
     """Middle frame ``onset + (offset - onset) // 2``, used where the apex is missing
-    (SMIC has none; DESIGN.md 1.1)."""
+    (SMIC has none; docs/method.md 1.1)."""
     return onset + (offset - onset) // 2
 
 
@@ -49,7 +50,7 @@ def clip_window(onset: int, apex: int, offset: int) -> tuple[int, int]:
     """(start, end) frame numbers of the clip, eq. 1 and 2.
 
     start = onset (eq. 1). end = min(onset + 10, offset) if apex - onset < 10, else
-    min(apex, offset) (eq. 2; the text lost the operator, DESIGN.md reads it as ``<``).
+    min(apex, offset) (eq. 2; the text lost the operator, docs/method.md reads it as ``<``).
     """
     if offset < onset:
         raise PreprocessError(f"onset {onset} is after offset {offset}: no clip window")
@@ -61,8 +62,8 @@ def clip_window(onset: int, apex: int, offset: int) -> tuple[int, int]:
     return start, end
 
 
-def key_frames(start: int, end: int, n_key: int = 5) -> list[int]:
-    """Key frame numbers F, eq. 3 and 4 as DESIGN.md 1.3 reads them.
+def key_frames(start: int, end: int, n_key: int = N_KEY) -> list[int]:
+    """Key frame numbers F, eq. 3 and 4 as docs/method.md 1.3 reads them.
 
     gap = ceil((end - start) / n_key); F = [min(start + k * gap, end) for k = 1..n_key], so F
     ends on ``end``. (The printed eq. 3 has ``n_key + 1`` below, which contradicts F's last
@@ -77,7 +78,7 @@ def key_frames(start: int, end: int, n_key: int = 5) -> list[int]:
     return [min(start + k * gap, end) for k in range(1, n_key + 1)]
 
 
-def sample_window(sample: Sample, n_key: int = 5) -> tuple[int, list[int]]:
+def sample_window(sample: Sample, n_key: int = N_KEY) -> tuple[int, list[int]]:
     """(start frame number, key frame numbers) of ``sample``."""
     try:
         start, end = clip_window(sample.onset, sample.apex, sample.offset)
@@ -114,7 +115,7 @@ def residual_sum(start: np.ndarray, keys: Sequence[np.ndarray]) -> np.ndarray:
 def absolute_residual_sum(start: np.ndarray, keys: Sequence[np.ndarray], *, name: str | None = None) -> np.ndarray:
     """ARS, eq. 5: (sum over f in F of |Q_f - Q_start|) mod 256, uint8.
 
-    Integer arithmetic; the wrap-around at 256 is the paper's and kept literal (DESIGN.md
+    Integer arithmetic; the wrap-around at 256 is the paper's and kept literal (docs/method.md
     1.4), so three key frames each 100 above the start give 300 % 256 = 44.
     """
     _check_crops(start, keys, name)
@@ -165,7 +166,7 @@ def _grey(image: np.ndarray) -> np.ndarray:
 def farneback_flow_image(start: np.ndarray, keys: Sequence[np.ndarray], *, name: str | None = None) -> np.ndarray:
     """Farneback dense flow (OpenCV; pyramid 0.5 x 3 levels, window 15, 3 iterations,
     poly_n 5, sigma 1.2) from the grey start crop to the grey end crop (``keys[-1]``),
-    encoded by ``flow_to_image`` (Table 4 baseline, DESIGN.md 1.6)."""
+    encoded by ``flow_to_image`` (Table 4 baseline, docs/method.md 1.6)."""
     _check_crops(start, keys, name)
     flow = cv2.calcOpticalFlowFarneback(_grey(start), _grey(keys[-1]), None, 0.5, 3, 15, 3, 5, 1.2, 0)
     return flow_to_image(flow)
@@ -174,7 +175,7 @@ def farneback_flow_image(start: np.ndarray, keys: Sequence[np.ndarray], *, name:
 def tvl1_flow_image(start: np.ndarray, keys: Sequence[np.ndarray], *, name: str | None = None) -> np.ndarray:
     """Dual TV-L1 flow (OpenCV contrib ``cv2.optflow.DualTVL1OpticalFlow_create``, default
     parameters) from the grey start crop to the grey end crop (``keys[-1]``), encoded by
-    ``flow_to_image`` (Table 4 baseline, DESIGN.md 1.6)."""
+    ``flow_to_image`` (Table 4 baseline, docs/method.md 1.6)."""
     _check_crops(start, keys, name)
     if not hasattr(cv2, "optflow"):
         raise PreprocessError("TV-L1 needs opencv-contrib-python-headless (cv2.optflow is missing)")
@@ -239,7 +240,7 @@ def _crops(sample: Sample, start: int, numbers: Sequence[int], size: int, face_c
     return crops
 
 
-def aligned_crops(sample: Sample, frame_numbers: Sequence[int], size: int = 320, face_crop: str = "dlib") -> np.ndarray:
+def aligned_crops(sample: Sample, frame_numbers: Sequence[int], size: int = PREPROCESS_SIZE, face_crop: str = FACE_CROP) -> np.ndarray:
     """(T, size, size, 3) uint8 RGB crops of ``frame_numbers``, all under the one similarity
     transform fitted on the sample's window start frame (its onset, eq. 1)."""
     start, _ = sample_window(sample)
@@ -248,7 +249,7 @@ def aligned_crops(sample: Sample, frame_numbers: Sequence[int], size: int = 320,
 
 
 def preprocess_sample(
-    sample: Sample, method: str, n_key: int = 5, face_crop: str = "dlib", size: int = 320, timings: dict | None = None
+    sample: Sample, method: str, n_key: int = N_KEY, face_crop: str = FACE_CROP, size: int = PREPROCESS_SIZE, timings: dict | None = None
 ) -> np.ndarray:
     """The (size, size, 3) uint8 image of one clip: window (eq. 1-2), key frames (eq. 3-4),
     aligned crops, then ``METHODS[method]``. ``timings``, if given, accumulates seconds
@@ -361,11 +362,11 @@ def _failure(sample: Sample, err: BaseException) -> str:
 
 def preprocess_samples(
     samples: Iterable[Sample],
-    method: str = "ars",
-    cache_dir: str | Path = DEFAULT_CACHE_DIR,
-    n_key: int = 5,
-    face_crop: str = "dlib",
-    size: int = 320,
+    method: str,
+    cache_dir: str | Path,
+    n_key: int = N_KEY,
+    face_crop: str = FACE_CROP,
+    size: int = PREPROCESS_SIZE,
     workers: int | None = None,
     progress: bool = True,
 ) -> PreprocessResult:
@@ -469,3 +470,79 @@ def _run_pool(todo, workers, record, method, n_key, face_crop, size, paths) -> N
 def load_images(result: PreprocessResult) -> dict[str, np.ndarray]:
     """Every image of ``result`` as sample.key -> (H, W, 3) uint8 RGB."""
     return {key: load_image(path) for key, path in result.paths.items()}
+
+
+# --------------------------------------------------------------------------- walkthrough (notebook 01)
+
+
+def clip_walkthrough(sample, n_key: int = N_KEY, face_crop: str = FACE_CROP, size: int = PREPROCESS_SIZE) -> dict:
+    """One clip through every preprocessing step (paper 3.1, Figure 1).
+
+    Returns ``window`` (start, end; eq. 1-2), ``key_frames`` (eq. 3-4), ``frames`` (the raw
+    start and end frames), ``crops`` (the aligned start and key-frame crops), ``images``
+    (ARS eq. 5, RRS eq. 6-7, Farneback, TV-L1) and ``seconds`` per step; crops are
+    ``size`` x ``size`` as in the cache.
+    """
+
+    seconds: dict[str, float] = {}
+    window = clip_window(sample.onset, sample.apex, sample.offset)
+    start, keys = sample_window(sample, n_key)
+    clock = time.perf_counter()
+    numbers = list(dict.fromkeys([start, *keys]))
+    crops = dict(zip(numbers, aligned_crops(sample, numbers, size=size, face_crop=face_crop)))
+    seconds["read + align"] = time.perf_counter() - clock
+    images = {}
+    for method, function in METHODS.items():
+        clock = time.perf_counter()
+        images[method] = function(crops[start], [crops[k] for k in keys], name=sample.key)
+        seconds[method] = time.perf_counter() - clock
+    return {
+        "window": window,
+        "key_frames": keys,
+        "frames": {f"start frame {start}": read_frame(sample.frame_path(start), sample.key),
+                   f"end frame {window[1]}": read_frame(sample.frame_path(window[1]), sample.key)},
+        "crops": {f"aligned {'start' if n == start else 'key'} {n}": crops[n] for n in numbers},
+        "images": images,
+        "seconds": seconds,
+    }
+
+
+def preprocess_protocol(samples, methods: Iterable[str], cache_dir: str | os.PathLike, n_key: int = N_KEY,
+                        face_crop: str = FACE_CROP, size: int = PREPROCESS_SIZE, workers: int | None = None):
+    """Preprocess ``samples`` with each method into the cache with the parameters the runner
+    uses (n_key, face_crop, size), so later experiments read these images. One row per
+    method: counts (images, computed, read from the cache), wall seconds, and seconds per
+    step summed over the computed clips across processes."""
+
+    import pandas as pd
+
+    rows = {}
+    for method in methods:
+        result = preprocess_samples(samples, method=method, cache_dir=cache_dir, n_key=n_key, size=size,
+                                    face_crop=face_crop, workers=workers, progress=False)
+        rows[method] = {
+            "images": len(result.paths), "computed": result.computed, "cached": result.cached,
+            "wall s": result.seconds,
+            "s per computed clip": result.seconds / result.computed if result.computed else np.nan,
+            **{f"{step} s (CPU)": value for step, value in result.timings.items()},
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "method"
+    return table.round(3)
+
+
+def cached_images(samples: Sequence, method: str, cache_dir: str | os.PathLike, n_key: int = N_KEY,
+                  face_crop: str = FACE_CROP, size: int = PREPROCESS_SIZE, workers: int | None = None) -> np.ndarray:
+    """The samples' preprocessed images (N, size, size, 3) from the cache the runner uses,
+    computing the missing ones (same parameters, so the same cache entries)."""
+
+    result = preprocess_samples(samples, method=method, cache_dir=cache_dir, n_key=n_key, face_crop=face_crop,
+                                size=size, workers=workers, progress=False)
+    return np.stack([load_image(result.paths[s.key]) for s in samples])
+
+
+def start_crop(sample, face_crop: str = FACE_CROP, size: int = PREPROCESS_SIZE) -> np.ndarray:
+    """The aligned ``size`` x ``size`` face crop of the clip's start frame (its onset)."""
+
+    start, _ = sample_window(sample)
+    return aligned_crops(sample, [start], size=size, face_crop=face_crop)[0]

@@ -27,44 +27,29 @@ GPU and one thread, e.g. ``CUDA_VISIBLE_DEVICES=0 dask worker tcp://host:8786 --
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import dataclasses
-import io
 import json
 import logging
-import multiprocessing
 import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 import mer_utils
+from mer_utils.config import RESULT_NEUTRAL_FIELDS, ExperimentConfig, experiment_key, experiment_settings
 from mer_utils.data import PROTOCOLS, Sample, load_samples
-from mer_utils.errors import ConfigError, MerError, PreprocessError
-from mer_utils.files import atomic_write_bytes, atomic_write_text
-from mer_utils.reports import repo_path, synthetic_marker_paths  # repo_path re-exported for notebook 03
+from mer_utils.errors import ConfigError, MerError
+from mer_utils.files import atomic_write_text
+from mer_utils.paths import EXPERIMENTS_DIR, PACKAGE_DIR, repo_path
+from mer_utils.provenance import is_synthetic
 
-REPO_ROOT = Path(mer_utils.__file__).resolve().parent.parent
-NOTEBOOK_PATH = REPO_ROOT / "notebooks" / "03_train.ipynb"
-CROPNET_METHODS = ("ars", "rrs", "farneback", "tvl1")
-METHODS = CROPNET_METHODS + ("lbptop",)
-FACE_CROPS = ("dlib", "none")
-PREPROCESS_SIZE = 320  # side of the cached images (DESIGN.md 1.2); CropNet resizes to image_size
-LBPTOP_FRAMES = 10  # at most this many frames, evenly spaced over the clip window
-LBPTOP_SIZE = 96  # side of the grey aligned crops the LBP-TOP features are computed on
-LBPTOP_DESCRIPTOR = {"grid": (5, 5), "radius": 1, "n_points": 8}  # 5x5 blocks, 59 u2 bins per plane
-CROPNET_FIELDS = ("epochs", "image_size", "batch_size", "lr", "cgpo", "backbone", "pretrained_weights", "n_key",
-                  "preprocess_size")
-LBPTOP_FIELDS = ("lbptop_frames", "lbptop_size")
-# Recorded in config.json but not compared on resume: the cache is keyed by its parameters,
-# so where it lives does not change any result.
-RESULT_NEUTRAL_FIELDS = ("cache_dir",)
+NOTEBOOK_PATH = PACKAGE_DIR.parent / "notebooks" / "03_train.ipynb"  # one fold as a notebook (repository checkouts)
 CONFIG_FILE, DONE_FILE, FOLD_FILE, PREDICTIONS_FILE = "config.json", "done.json", "fold.json", "predictions.csv"
+LOSSES_FILE = "losses.csv"  # mean training loss per epoch over the folds
 
 
 # --------------------------------------------------------------------------- configuration
@@ -78,125 +63,6 @@ def leave_one_subject_out(samples: Sequence[Sample]) -> list[str]:
 def fold_dir_name(fold: int, subject_id: str) -> str:
     """``fold_05_sub06``; ``casme2/sub01`` becomes ``casme2_sub01``."""
     return f"fold_{fold:02d}_{subject_id.replace('/', '_')}"
-
-
-def is_synthetic(root: str | Path) -> bool:
-    """True when ``root`` or one of its dataset folders was made by ``mer_utils.synth``
-    (which leaves a ``.mer_synthetic.json`` marker in each folder it writes)."""
-    return bool(synthetic_marker_paths(root))
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """Everything that decides a LOSO experiment's results. None means "the default":
-    CropNet hyper-parameters from ``train.TrainConfig``, seed 0, n_key 5, face_crop dlib,
-    preprocess_size 320 (the cached images' side; training resizes them to image_size),
-    cache_dir ``<root>/../interim/cache``, lbptop_frames 10, lbptop_size 96.
-
-    ``method``: "ars", "rrs", "farneback", "tvl1" train CropNet on that image; "lbptop" is
-    the MEGC2019 baseline (LBP-TOP + linear SVM), which ignores the CropNet fields (resolved
-    to None) and n_key.
-    """
-
-    root: str
-    protocol: str
-    method: str = "ars"
-    megc_list: str | None = None
-    epochs: int | None = None
-    image_size: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int | None = None
-    n_key: int | None = None
-    cgpo: bool | None = None
-    face_crop: str | None = None
-    cache_dir: str | None = None
-    backbone: str | None = None
-    pretrained_weights: str | None = None
-    preprocess_size: int | None = None
-    lbptop_frames: int | None = None
-    lbptop_size: int | None = None
-
-    def resolved(self) -> "ExperimentConfig":
-        """A copy with every default filled in and every path absolute; ConfigError on bad values."""
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"unknown protocol {self.protocol!r}; known protocols: {', '.join(PROTOCOLS)}")
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; known methods: {', '.join(METHODS)}")
-        face_crop = self.face_crop or "dlib"
-        if face_crop not in FACE_CROPS:
-            raise ConfigError(f"face_crop {face_crop!r} is not one of {FACE_CROPS}")
-        if self.megc_list is not None and self.protocol != "megc2019":
-            raise ConfigError(f"megc_list applies to protocol megc2019 only, not {self.protocol!r}")
-        root = Path(self.root).expanduser().resolve()
-        values = dict(
-            root=str(root),
-            megc_list=str(Path(self.megc_list).expanduser().resolve()) if self.megc_list else None,
-            seed=0 if self.seed is None else self.seed,
-            face_crop=face_crop,
-            cache_dir=str(Path(self.cache_dir).expanduser().resolve() if self.cache_dir
-                          else root.parent / "interim" / "cache"),
-        )
-        if self.method == "lbptop":
-            values.update({name: None for name in CROPNET_FIELDS})
-            values.update(lbptop_frames=self.lbptop_frames or LBPTOP_FRAMES, lbptop_size=self.lbptop_size or LBPTOP_SIZE)
-        else:
-            from mer_utils.train import TrainConfig
-
-            train = TrainConfig()
-            values.update({name: None for name in LBPTOP_FIELDS})
-            for name in ("epochs", "image_size", "batch_size", "lr", "cgpo", "backbone"):
-                value = getattr(self, name)
-                values[name] = getattr(train, name) if value is None else value
-            values["n_key"] = 5 if self.n_key is None else self.n_key
-            values["preprocess_size"] = self.preprocess_size or PREPROCESS_SIZE
-            if self.pretrained_weights:
-                weights = Path(self.pretrained_weights).expanduser().resolve()
-                if not weights.is_file():
-                    raise ConfigError(f"pretrained_weights: no file at {weights}")
-                values["pretrained_weights"] = str(weights)
-        config = dataclasses.replace(self, **values)
-        for name in ("epochs", "image_size", "batch_size", "n_key", "preprocess_size", "lbptop_frames", "lbptop_size"):
-            value = getattr(config, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        return config
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ExperimentConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown ExperimentConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-    def train_config(self, max_threads: int | None = None, progress: bool = False):
-        """The ``train.TrainConfig`` of a CropNet fold under this (resolved) configuration."""
-        from mer_utils.train import TrainConfig
-
-        return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, image_size=self.image_size,
-            cgpo=self.cgpo, backbone=self.backbone, seed=self.seed,
-            pretrained_weights=self.pretrained_weights, classes=PROTOCOLS[self.protocol].classes,
-            max_threads=max_threads, progress=progress,
-        )
-
-
-def experiment_settings(config: ExperimentConfig) -> dict:
-    """Everything a (resolved) configuration decides, as ``config.json`` records it: the
-    ExperimentConfig, and the settings it leaves to their module defaults ("train": the rest
-    of train.TrainConfig; "lbptop": the descriptor), so a changed default is noticed too."""
-    settings = {"config": config.to_dict()}
-    if config.method == "lbptop":
-        settings["lbptop"] = dict(LBPTOP_DESCRIPTOR)
-    else:
-        train = dataclasses.asdict(config.train_config())
-        settings["train"] = {k: v for k, v in train.items()
-                             if k not in settings["config"] and k not in ("classes", "max_threads", "progress")}
-    return json.loads(json.dumps(settings))  # tuples as lists, as they read back
 
 
 def _flat(settings: dict) -> dict:
@@ -241,73 +107,14 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 # --------------------------------------------------------------------------- LBP-TOP inputs
 
 
-def lbptop_frame_numbers(sample: Sample, count: int = LBPTOP_FRAMES) -> list[int]:
-    """Up to ``count`` frame numbers evenly spaced over the clip window (eq. 1-2), both ends in."""
-    from mer_utils.preprocess import clip_window
-
-    start, end = clip_window(sample.onset, sample.apex, sample.offset)
-    inside = [n for n in sample.frame_numbers if start <= n <= end]
-    if not inside:
-        raise PreprocessError(f"clip {sample.key}: no frame on disk in its window {start}..{end}")
-    picks = np.linspace(0, len(inside) - 1, min(count, len(inside))).round().astype(int)
-    return [inside[i] for i in dict.fromkeys(picks.tolist())]
-
-
-def lbptop_feature_path(config: ExperimentConfig, sample: Sample) -> Path:
-    """Cache file of a sample's LBP-TOP histogram, keyed like the preprocessed images."""
-    from mer_utils.preprocess import cache_path
-
-    params = {"frames": lbptop_frame_numbers(sample, config.lbptop_frames), "size": config.lbptop_size,
-              "face_crop": config.face_crop, **LBPTOP_DESCRIPTOR}
-    return cache_path(config.cache_dir, sample, "lbptop", params).with_suffix(".npy")
-
-
-def compute_lbptop_feature(config: ExperimentConfig, sample: Sample) -> Path:
-    """LBP-TOP histogram (MEGC2019 baseline descriptor) of the sample's aligned grey crops
-    over its clip window, saved atomically in the cache."""
-    from mer_utils.baselines.lbptop import lbp_top_features, volume_from_crops
-    from mer_utils.preprocess import aligned_crops
-
-    path = lbptop_feature_path(config, sample)
-    crops = aligned_crops(sample, lbptop_frame_numbers(sample, config.lbptop_frames),
-                          size=config.lbptop_size, face_crop=config.face_crop)
-    volume = volume_from_crops(crops, size=config.lbptop_size)
-    feature = np.asarray(lbp_top_features(volume, **LBPTOP_DESCRIPTOR), dtype=np.float32)
-    buffer = io.BytesIO()
-    np.save(buffer, feature)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def prepare_lbptop_features(config: ExperimentConfig, samples: Sequence[Sample], workers: int | None = None,
-                            progress: bool = True) -> dict[str, Path]:
-    """Compute the missing LBP-TOP features in ``workers`` processes; sample.key -> .npy path."""
-    from tqdm.auto import tqdm
-
-    paths = {s.key: lbptop_feature_path(config, s) for s in samples}
-    todo = [s for s in samples if not paths[s.key].is_file()]
-    workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
-    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="LBP-TOP features",
-               unit="clip", disable=not progress)
-    try:
-        if workers == 1:
-            for sample in todo:
-                compute_lbptop_feature(config, sample)
-                bar.update(1)
-        else:
-            with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for future in cf.as_completed([pool.submit(compute_lbptop_feature, config, s) for s in todo]):
-                    future.result()
-                    bar.update(1)
-    finally:
-        bar.close()
-    return paths
-
-
 def prepare_inputs(config: ExperimentConfig, samples: Sequence[Sample], workers: int | None = None,
                    progress: bool = True) -> None:
     """Fill the cache once, before the folds: the method's images, or the LBP-TOP features."""
     if config.method == "lbptop":
-        prepare_lbptop_features(config, samples, workers, progress)
+        from mer_utils.baselines import lbptop
+
+        lbptop.prepare_features(samples, config.cache_dir, config.lbptop_frames, config.lbptop_size,
+                                config.face_crop, workers, progress)
     else:
         from mer_utils.preprocess import preprocess_samples
 
@@ -345,12 +152,13 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
     test = [s for s in samples if s.subject_id == subject]
     classes = PROTOCOLS[config.protocol].classes
     if config.method == "lbptop":
-        from mer_utils.baselines.lbptop import lbptop_fold
+        from mer_utils.baselines import lbptop
 
-        paths = prepare_lbptop_features(config, samples, workers=1, progress=False)
+        paths = lbptop.prepare_features(samples, config.cache_dir, config.lbptop_frames, config.lbptop_size,
+                                        config.face_crop, workers=1, progress=False)
         features = {key: np.load(path) for key, path in paths.items()}
-        predictions = lbptop_fold(features, samples, subject, classes)
-        trained = dict(n_train=len(samples) - len(test), device="cpu", pretrained=False, epoch_losses=[])
+        predictions = lbptop.lbptop_fold(features, samples, subject, classes)
+        trained = dict(n_train=len(samples) - len(test), device="cpu", pretrained=False, weights=None, epoch_losses=[])
     else:
         from mer_utils.train import train_fold
 
@@ -360,7 +168,7 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
         result = train_fold(samples, subject, config.train_config(torch_threads, progress), arrays)
         predictions = result.to_frame()
         trained = dict(n_train=result.n_train, device=result.device, pretrained=result.pretrained,
-                       epoch_losses=[float(x) for x in result.epoch_losses])
+                       weights=config.pretrained_weights, epoch_losses=[float(x) for x in result.epoch_losses])
     check_coverage(predictions, test)
     write_predictions(predictions, fold_dir / PREDICTIONS_FILE)
     record = dict(fold=fold, subject=subject, method=config.method, n_test=len(test), **trained,
@@ -383,25 +191,7 @@ def fold_is_complete(fold_dir: Path, test_samples: Sequence[Sample]) -> bool:
     return True
 
 
-def plot_epoch_losses(losses: Sequence[float], title: str, path: str | Path | None = None):
-    """Training loss per epoch as a matplotlib Figure (saved as PNG when ``path`` is given)."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(5.5, 3.5))
-    ax = fig.add_subplot()
-    ax.plot(range(1, len(losses) + 1), losses, marker="o")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean training loss")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
-
-
-def notebook_parameters(config: ExperimentConfig, fold: int, fold_dir: Path, torch_threads: int = 0) -> dict:
+def fold_notebook_parameters(config: ExperimentConfig, fold: int, fold_dir: Path, torch_threads: int = 0) -> dict:
     """papermill parameters of ``03_train.ipynb`` for one fold: absolute paths, "" for no
     megc_list or weights file; fields the method ignores (None) keep the notebook's default."""
     params = {k: v for k, v in config.to_dict().items() if k != "root" and v is not None}
@@ -424,7 +214,7 @@ def _fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: boo
             fold_dir.mkdir(parents=True, exist_ok=True)
             papermill.execute_notebook(
                 str(NOTEBOOK_PATH), str(fold_dir / NOTEBOOK_PATH.name), kernel_name="python3",
-                parameters=notebook_parameters(config, fold, fold_dir, torch_threads),
+                parameters=fold_notebook_parameters(config, fold, fold_dir, torch_threads),
                 cwd=str(NOTEBOOK_PATH.parent), progress_bar=False, log_output=False)
             record = json.loads((fold_dir / FOLD_FILE).read_text())
         else:
@@ -453,6 +243,7 @@ class ExperimentResult:
     fold_dirs: dict[int, Path] = field(default_factory=dict)
     wall_time_s: float = 0.0
     trained_folds: int = 0
+    epoch_losses: list[float] = field(default_factory=list)  # mean training loss per epoch over folds
 
 
 def fold_threads(workers_per_host: int) -> int:
@@ -532,8 +323,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
     """
     import pandas as pd
 
-    from mer_utils.evaluate import (check_coverage, compute_metrics, plot_confusion_matrix, read_predictions,
-                                    write_metrics, write_predictions)
+    from mer_utils.evaluate import check_coverage, compute_metrics, read_predictions, write_metrics, write_predictions
+    from mer_utils.figures import plot_confusion_matrix
 
     started = time.perf_counter()
     config = config.resolved()
@@ -576,5 +367,86 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
     synthetic = ", synthetic data" if is_synthetic(config.root) else ""
     plot_confusion_matrix(metrics["confusion"], classes, path=out_dir / "confusion.png",
                           title=f"{config.method} on {config.protocol}, {len(table)} samples{synthetic}")
+    losses = mean_epoch_losses([fold_dirs[i] for i in completed])
+    if losses:
+        atomic_write_text(out_dir / LOSSES_FILE, "epoch,mean_loss\n" + "".join(
+            f"{epoch},{loss:.6f}\n" for epoch, loss in enumerate(losses, start=1)))
     return ExperimentResult(config, out_dir, metrics, failures, fold_dirs,
-                            time.perf_counter() - started, len(pending))
+                            time.perf_counter() - started, len(pending), losses)
+
+
+def mean_epoch_losses(fold_dirs: Sequence[Path]) -> list[float]:
+    """Mean training loss of each epoch over the folds' ``fold.json`` records (empty for the
+    LBP-TOP baseline, which has no epochs)."""
+    curves = []
+    for fold_dir in fold_dirs:
+        path = Path(fold_dir) / FOLD_FILE
+        if path.is_file():
+            losses = json.loads(path.read_text(encoding="utf-8")).get("epoch_losses") or []
+            if losses:
+                curves.append(losses)
+    if not curves or len({len(c) for c in curves}) != 1:
+        return []
+    return np.mean(np.asarray(curves, dtype=float), axis=0).tolist()
+
+
+# --------------------------------------------------------------------------- the shared store
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How (not what) LOSO experiments run; none of these changes a result.
+
+    ``store``: the folder of the shared experiment store (each configuration gets its own
+    sub-folder, see :func:`mer_utils.config.experiment_key`); ``folds``: "0,3" or "" for
+    all; ``scheduler``: a Dask scheduler address, "" for a local cluster of ``workers``
+    processes (0: one per core, at most one per fold); ``fold_notebooks``: run each fold
+    as an executed notebook 03 (kept in its fold folder) instead of in-process.
+    """
+
+    store: str = EXPERIMENTS_DIR
+    folds: str = ""
+    scheduler: str = ""
+    workers: int = 0
+    fold_notebooks: bool = False
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, object], **overrides) -> "RunOptions":
+        """The options among a notebook's parameters (``experiments_dir`` is the store)."""
+        values = {**parameters, **overrides}
+        if "experiments_dir" in values and "store" not in overrides:
+            values["store"] = values["experiments_dir"]
+        names = ("store", "folds", "scheduler", "workers", "fold_notebooks")
+        return cls(**{k: values[k] for k in names if k in values and values[k] is not None})
+
+
+def experiment_dir(config: ExperimentConfig, store: str | os.PathLike = EXPERIMENTS_DIR) -> Path:
+    """The folder of ``config``'s experiment in the shared store (relative: from the
+    repository root): the same configuration on the same data always gets the same folder,
+    whichever notebook or command asks first."""
+    return repo_path(store) / experiment_key(config.resolved())
+
+
+def run_loso(config: ExperimentConfig, options: RunOptions = RunOptions(), out_dir: str | os.PathLike | None = None):
+    """One LOSO experiment, resumable (finished folds are kept), in ``out_dir`` or by default
+    in its folder of the shared store (:func:`experiment_dir`). A failed fold raises
+    MerError naming the subjects (rerunning retries only those). Prints one line before and
+    one after; returns the ExperimentResult."""
+    from mer_utils.notebook import fold_list
+
+    config = config.resolved()
+    out_dir = Path(out_dir) if out_dir is not None else experiment_dir(config, options.store)
+    what = f"{config.method} on {config.protocol}"
+    if config.method != "lbptop":
+        what += f" (cgpo={config.cgpo}, n_key={config.n_key})"
+    print(f"{what} -> {out_dir}", flush=True)
+    result = run_experiment(config, out_dir, scheduler=options.scheduler or None, workers=options.workers or None,
+                            folds=fold_list(options.folds), use_papermill=options.fold_notebooks, progress=False)
+    if result.failures:
+        listed = "; ".join(f"{subject}: {message}" for subject, message in result.failures.items())
+        raise MerError(f"{out_dir}: {len(result.failures)} fold(s) failed ({listed}); "
+                       "run again to retry them (finished folds are kept)")
+    done = result.metrics.get("folds", {})
+    print(f"  {done.get('completed', '?')}/{done.get('total', '?')} folds, {result.trained_folds} trained now, "
+          f"UF1 {result.metrics['uf1']:.4f}, UAR {result.metrics['uar']:.4f}, {result.wall_time_s:.0f} s", flush=True)
+    return result

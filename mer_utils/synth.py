@@ -1,7 +1,7 @@
 """Synthetic CASME II, SAMM and SMIC-HS in their native layouts, so the kit runs without licensed data.
 
 ``make_synthetic(out)`` writes ``out/CASME2``, ``out/SAMM`` and ``out/SMIC`` with the real
-sets' folder names, file names, frame rates and annotation files (DESIGN.md section 3);
+sets' folder names, file names, frame rates and annotation files (docs/method.md section 3);
 the readers in ``mer_utils.data`` cannot tell them from the real ones except by content.
 All frames are 640 x 480 (the real SAMM is 2040 x 1088 grey; we keep its grey JPEGs but
 write them at 640 x 480 to stay small).
@@ -46,13 +46,12 @@ from typing import Iterable
 
 import numpy as np
 
+from mer_utils.data.sample import DATASET_FOLDERS, DATASETS
 from mer_utils.errors import ConfigError, DatasetError
+from mer_utils.provenance import MARKER_NAME
 
-DATASETS = ("casme2", "samm", "smic")
-DATASET_FOLDERS = {"casme2": "CASME2", "samm": "SAMM", "smic": "SMIC"}
 FPS = {"casme2": 200, "samm": 200, "smic": 100}
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480
-MARKER_NAME = ".mer_synthetic.json"
 GENERATOR_VERSION = 1
 CASME2_ANNOTATION = "CASME2-coding-20140508.xlsx"
 SAMM_ANNOTATION = "SAMM_Micro_FACS_Codes_v2.xlsx"
@@ -279,7 +278,7 @@ def _timing(dataset: str, key: str, full: bool, seed: int, apex_written: bool) -
 
 
 def plan_synthetic(*, full: bool = False, seed: int = 0, datasets: Iterable[str] = DATASETS,
-                   subjects: int | None = None) -> list[ClipSpec]:
+                   subjects: int | None = None, clips_per_subject: int | None = None) -> list[ClipSpec]:
     """The clip table ``make_synthetic`` would write, without writing anything.
 
     full=False: the small set (CASME II 6 subjects, 37 clips; SAMM 4 subjects, 16 clips;
@@ -287,13 +286,16 @@ def plan_synthetic(*, full: bool = False, seed: int = 0, datasets: Iterable[str]
     sample of the official MEGC2019 list (mer_utils/resources/megc2019_composite.csv) with an
     emotion matching its label, plus the real sets' other clips: CASME II 255 clips over 26
     subjects, SAMM 159 over 32, SMIC 164 over 16; 8..66 frames at 200 fps, 4..33 at 100 fps.
-    ``subjects`` keeps only the first N subjects of each dataset (the other clips unchanged).
+    ``subjects`` keeps only the first N subjects of each dataset and ``clips_per_subject`` the
+    first N clips of each subject (in clip order); the clips kept are unchanged.
     """
     datasets = _check_datasets(datasets)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
     if subjects is not None and (not isinstance(subjects, int) or subjects < 1):
         raise ConfigError(f"subjects must be a positive whole number or None, got {subjects!r}")
+    if clips_per_subject is not None and (not isinstance(clips_per_subject, int) or clips_per_subject < 1):
+        raise ConfigError(f"clips_per_subject must be a positive whole number or None, got {clips_per_subject!r}")
     official = _official_rows(datasets) if full else []
     plan: list[ClipSpec] = []
     for dataset in datasets:
@@ -308,8 +310,12 @@ def plan_synthetic(*, full: bool = False, seed: int = 0, datasets: Iterable[str]
         if dataset == "casme2":
             unwritten = {rows[i][:2] for i in rng.choice(len(rows), APEX_UNWRITTEN_ROWS, replace=False)}
         kept = sorted({row[0] for row in rows}, key=lambda name: int(re.sub(r"\D", "", name)))[:subjects]
+        per_subject: Counter = Counter()
         for subject, clip, emotion in rows:
             if subject not in kept:
+                continue
+            per_subject[subject] += 1
+            if clips_per_subject is not None and per_subject[subject] > clips_per_subject:
                 continue
             key = f"{dataset}/{subject}/{clip}"
             choices = EMOTION_MOVEMENTS[emotion.lower()]
@@ -564,9 +570,12 @@ def write_samm_sheet(path: Path, clips: list[ClipSpec]) -> None:
 # ----------------------------------------------------------------------------- make_synthetic
 
 
-def _marker_params(full, amplitude, noise, seed, subjects) -> dict:
-    return {"version": GENERATOR_VERSION, "full": bool(full), "amplitude": float(amplitude),
-            "noise": float(noise), "seed": int(seed), "subjects": subjects}
+def _marker_params(full, amplitude, noise, seed, subjects, clips_per_subject=None) -> dict:
+    params = {"version": GENERATOR_VERSION, "full": bool(full), "amplitude": float(amplitude),
+              "noise": float(noise), "seed": int(seed), "subjects": subjects}
+    if clips_per_subject is not None:  # absent by default, so existing default sets keep their marker
+        params["clips_per_subject"] = clips_per_subject
+    return params
 
 
 def _read_marker(folder: Path) -> dict | None:
@@ -594,11 +603,12 @@ def _existing_state(folder: Path, params: dict, overwrite: bool) -> str:
 
 def make_synthetic(out: str | Path, *, full: bool = False, amplitude: float = 3.0, noise: float = 2.0,
                    seed: int = 0, datasets: Iterable[str] = DATASETS, workers: int | None = None,
-                   progress: bool = True, overwrite: bool = False, subjects: int | None = None) -> dict[str, int]:
+                   progress: bool = True, overwrite: bool = False, subjects: int | None = None,
+                   clips_per_subject: int | None = None) -> dict[str, int]:
     """Write the synthetic datasets under ``out`` and return the clips written per dataset.
 
     ``out/CASME2``, ``out/SAMM``, ``out/SMIC`` in their native layouts (module docstring),
-    clips from :func:`plan_synthetic` (``full``, ``seed``, ``subjects``). ``amplitude``: peak
+    clips from :func:`plan_synthetic` (``full``, ``seed``, ``subjects``, ``clips_per_subject``). ``amplitude``: peak
     facial displacement in pixels (times a per-clip gain in 0.7..1.3); ``noise``: sensor noise
     std in grey levels; ``workers``: processes (default os.cpu_count(); 1 renders in this
     process). A dataset folder that exists and is not empty is never touched unless it holds
@@ -616,8 +626,9 @@ def make_synthetic(out: str | Path, *, full: bool = False, amplitude: float = 3.
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a folder")
-    params = _marker_params(full, amplitude, noise, seed, subjects)
-    plan = plan_synthetic(full=full, seed=seed, datasets=datasets, subjects=subjects)
+    params = _marker_params(full, amplitude, noise, seed, subjects, clips_per_subject)
+    plan = plan_synthetic(full=full, seed=seed, datasets=datasets, subjects=subjects,
+                          clips_per_subject=clips_per_subject)
     states = {d: _existing_state(out / DATASET_FOLDERS[d], params, overwrite) for d in datasets}
     counts = {d: sum(spec.dataset == d for spec in plan) for d in datasets}
     todo = [d for d in datasets if states[d] != "done"]

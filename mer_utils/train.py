@@ -1,6 +1,6 @@
 """Training and testing CropNet on one leave-one-subject-out fold (paper sections 3.2, 4.2).
 
-Honest evaluation (DESIGN.md section 3): the number of epochs is fixed in ``TrainConfig``
+Honest evaluation (docs/method.md section 3): the number of epochs is fixed in ``TrainConfig``
 before the run, nothing is chosen on the test subject, and the model evaluated is the one
 after the last epoch. ``split_fold`` refuses a fold whose test subject or clips leak into
 its training set.
@@ -60,7 +60,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with GradScaler); CPU is float32
     channels_last: bool = True  # channels-last memory format on CUDA; ignored on CPU
     num_workers: int = 0  # DataLoader workers for the on-the-fly augmentation (raise it on a GPU)
-    pretrained_weights: str | None = None  # local ImageNet backbone weights; None = from scratch
+    pretrained_weights: str | None = None  # "imagenet" (timm's weights), a local weights file, or None = from scratch
     classes: tuple[str, ...] | None = None  # class names in protocol order; None = sorted labels
     max_threads: int | None = None  # torch CPU threads during the fold; None = leave as is
     progress: bool = True  # tqdm bar over epochs (loss, samples/s)
@@ -315,7 +315,8 @@ def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: to
         train_set,
         batch_size=config.batch_size,
         shuffle=True,
-        drop_last=len(train_set) > config.batch_size,  # no size-1 batch for BatchNorm
+        # every sample every epoch; only a last batch of one image is dropped (BatchNorm needs two)
+        drop_last=len(train_set) % config.batch_size == 1,
         num_workers=config.num_workers,
         persistent_workers=config.num_workers > 0,
         generator=torch.Generator().manual_seed(config.seed),

@@ -21,13 +21,13 @@ from mer_utils.evaluate import (
     confusion,
     format_metrics,
     metrics_from_file,
-    plot_confusion_matrix,
     read_predictions,
     uar,
     uf1,
     write_metrics,
     write_predictions,
 )
+from mer_utils.figures import plot_confusion_matrix
 
 MEGC = ["negative", "positive", "surprise"]
 FIVE = ["others", "disgust", "happiness", "repression", "surprise"]

@@ -1,4 +1,4 @@
-"""Preprocessing (paper 3.1, DESIGN.md 1): window, key frames, ARS/RRS, flows, face crop, cache."""
+"""Preprocessing (paper 3.1, docs/method.md 1): window, key frames, ARS/RRS, flows, face crop, cache."""
 from __future__ import annotations
 
 import functools

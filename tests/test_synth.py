@@ -30,7 +30,7 @@ NAME_PATTERNS = {
     "samm": (re.compile(r"^\d{3}$"), re.compile(r"^(\d{3})_\d_\d+$"), re.compile(r"^(\d{3})_(\d{5})\.jpg$")),
     "smic": (re.compile(r"^s\d+$"), re.compile(r"^(s\d+)_(ne|po|sur)_\d{2}$"), re.compile(r"^image(\d{6})\.bmp$")),
 }
-COMPOSITE = {  # emotion (lower case) -> MEGC2019 class, DESIGN.md section 3
+COMPOSITE = {  # emotion (lower case) -> MEGC2019 class, docs/method.md section 3
     "casme2": {"disgust": 0, "repression": 0, "happiness": 1, "surprise": 2},
     "samm": {"anger": 0, "contempt": 0, "disgust": 0, "fear": 0, "sadness": 0, "happiness": 1, "surprise": 2},
     "smic": {"negative": 0, "positive": 1, "surprise": 2},

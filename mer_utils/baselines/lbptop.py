@@ -259,3 +259,76 @@ def lbptop_fold(features: Mapping[str, np.ndarray], samples: Sequence, test_subj
     for j, name in enumerate(classes):
         table[f"prob_{name}"] = probabilities[:, j]
     return table
+
+
+# --------------------------------------------------------------------------- the feature cache
+
+FRAMES = 10  # at most this many frames, evenly spaced over the clip window
+SIZE = 96  # side of the grey aligned crops the features are computed on
+DESCRIPTOR = {"grid": (5, 5), "radius": 1, "n_points": 8}  # 5x5 blocks, 59 u2 bins per plane
+
+
+def frame_numbers(sample, count: int = FRAMES) -> list[int]:
+    """Up to ``count`` frame numbers evenly spaced over the clip window (eq. 1-2), both ends in."""
+    from mer_utils.preprocess import clip_window
+
+    start, end = clip_window(sample.onset, sample.apex, sample.offset)
+    inside = [n for n in sample.frame_numbers if start <= n <= end]
+    if not inside:
+        raise PreprocessError(f"clip {sample.key}: no frame on disk in its window {start}..{end}")
+    picks = np.linspace(0, len(inside) - 1, min(count, len(inside))).round().astype(int)
+    return [inside[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def feature_path(cache_dir, sample, frames: int = FRAMES, size: int = SIZE, face_crop: str = "dlib"):
+    """Cache file of a sample's LBP-TOP histogram, keyed like the preprocessed images."""
+    from mer_utils.preprocess import cache_path
+
+    params = {"frames": frame_numbers(sample, frames), "size": size, "face_crop": face_crop, **DESCRIPTOR}
+    return cache_path(cache_dir, sample, "lbptop", params).with_suffix(".npy")
+
+
+def compute_feature(cache_dir, sample, frames: int = FRAMES, size: int = SIZE, face_crop: str = "dlib"):
+    """LBP-TOP histogram of the sample's aligned grey crops over its clip window, saved
+    atomically in the cache; returns its path."""
+    import io
+
+    from mer_utils.files import atomic_write_bytes
+    from mer_utils.preprocess import aligned_crops
+
+    path = feature_path(cache_dir, sample, frames, size, face_crop)
+    crops = aligned_crops(sample, frame_numbers(sample, frames), size=size, face_crop=face_crop)
+    feature = np.asarray(lbp_top_features(volume_from_crops(crops, size=size), **DESCRIPTOR), dtype=np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, feature)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def prepare_features(samples: Sequence, cache_dir, frames: int = FRAMES, size: int = SIZE, face_crop: str = "dlib",
+                     workers: int | None = None, progress: bool = True) -> dict:
+    """Compute the missing LBP-TOP features in ``workers`` processes; sample.key -> .npy path."""
+    import concurrent.futures as cf
+    import multiprocessing
+    import os
+
+    from tqdm.auto import tqdm
+
+    paths = {s.key: feature_path(cache_dir, s, frames, size, face_crop) for s in samples}
+    todo = [s for s in samples if not paths[s.key].is_file()]
+    workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
+    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="LBP-TOP features",
+               unit="clip", disable=not progress)
+    try:
+        if workers == 1:
+            for sample in todo:
+                compute_feature(cache_dir, sample, frames, size, face_crop)
+                bar.update(1)
+        else:
+            with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(compute_feature, cache_dir, s, frames, size, face_crop) for s in todo]
+                for future in cf.as_completed(futures):
+                    future.result()
+                    bar.update(1)
+    finally:
+        bar.close()
+    return paths

@@ -13,12 +13,15 @@ from mer_utils.data.protocols import (
     load_samples,
     read_megc_list,
 )
-from mer_utils.data.sample import DATASETS, Sample
+from mer_utils.data.sample import DATASET_FOLDERS, DATASETS, Sample
+from mer_utils.errors import DatasetError
 from mer_utils.data.samm import read_samm
 from mer_utils.data.smic import read_smic
 
 __all__ = [
     "DATASETS",
+    "DATASET_FOLDERS",
+    "pick_sample",
     "OFFICIAL_MEGC2019_LIST",
     "PROTOCOLS",
     "MegcListEntry",
@@ -77,3 +80,16 @@ def summary_table(samples: Sequence[Sample], classes: Sequence[str] | None = Non
     subjects["total"] = frame["subject"].nunique()
     table["subjects"] = subjects
     return table.to_string()
+
+
+def pick_sample(samples: Sequence, clip: str = ""):
+    """The sample whose key (``casme2/sub01/EP02_01f``) or clip name is ``clip``; "" gives the first."""
+    if not samples:
+        raise DatasetError("no samples to pick from")
+    if not clip:
+        return samples[0]
+    for sample in samples:
+        if clip in (sample.key, sample.clip):
+            return sample
+    shown = ", ".join(s.key for s in samples[:5])
+    raise DatasetError(f"clip {clip!r} is not among the {len(samples)} samples (such as {shown})")

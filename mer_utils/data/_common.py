@@ -60,7 +60,7 @@ def list_frames(folder: Path) -> tuple[tuple[Path, ...], tuple[int, ...]]:
 
 
 def middle_frame(onset: int, offset: int) -> int:
-    """The apex used when none is annotated: ``onset + (offset - onset) // 2`` (DESIGN.md 1.1)."""
+    """The apex used when none is annotated: ``onset + (offset - onset) // 2`` (docs/method.md 1.1)."""
     return onset + (offset - onset) // 2
 
 

@@ -1,4 +1,4 @@
-"""Evaluation protocols: which samples, which classes, which LOSO groups (DESIGN.md section 3)."""
+"""Evaluation protocols: which samples, which classes, which LOSO groups (docs/method.md section 3)."""
 from __future__ import annotations
 
 import csv
@@ -11,13 +11,12 @@ from typing import Iterable, Mapping, Sequence
 
 from mer_utils.data._common import MAX_LISTED_PROBLEMS
 from mer_utils.data.casme2 import read_casme2
-from mer_utils.data.sample import DATASETS, Sample
+from mer_utils.data.sample import DATASET_FOLDERS, DATASETS, Sample
 from mer_utils.data.samm import read_samm
 from mer_utils.data.smic import read_smic
 from mer_utils.errors import DatasetError
+from mer_utils.paths import OFFICIAL_MEGC2019_LIST  # noqa: F401  (re-exported by mer_utils.data)
 
-OFFICIAL_MEGC2019_LIST = Path(__file__).resolve().parent.parent / "resources" / "megc2019_composite.csv"
-DATASET_FOLDERS = {"casme2": "CASME2", "samm": "SAMM", "smic": "SMIC"}
 
 
 @dataclass(frozen=True)
@@ -199,7 +198,7 @@ def load_samples(
                 raise DatasetError(f"{root}: none of the dataset folders {folders} is present")
             warnings.warn(
                 f"megc2019 without a sample list: the set comes from the emotion mapping "
-                f"(DESIGN.md section 3) over {', '.join(datasets)} and is not the official "
+                f"(docs/method.md section 3) over {', '.join(datasets)} and is not the official "
                 f"MEGC2019 list; pass megc_list=OFFICIAL_MEGC2019_LIST for the official 442 samples",
                 UserWarning,
                 stacklevel=2,

@@ -8,6 +8,7 @@ from pathlib import Path
 from mer_utils.errors import DatasetError
 
 DATASETS = ("casme2", "samm", "smic")
+DATASET_FOLDERS = {"casme2": "CASME2", "samm": "SAMM", "smic": "SMIC"}  # folder of each under a data root
 
 
 @dataclass(frozen=True)

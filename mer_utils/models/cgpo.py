@@ -9,7 +9,7 @@ One preprocessed image becomes ten images of the same size, stacked in this fixe
   bottom-right), each resized (bilinear, antialiased) to the same side as z0.
 
 Tile side ``t = ceil(S / (grid - (grid - 1) * alpha))``: ``grid`` tiles whose neighbours
-overlap by ``alpha * t`` span ``grid * t - (grid - 1) * alpha * t = S`` (DESIGN.md writes
+overlap by ``alpha * t`` span ``grid * t - (grid - 1) * alpha * t = S`` (docs/method.md writes
 ``3 - 2 * alpha``). At S = 320, alpha = 0.3: t = 134. Tile starts are spread evenly from
 0 to ``S - t`` (0, 93, 186), so the tiles cover the image exactly; rounding makes the
 overlap ``alpha * t`` within a pixel (41 px against 40.2).
@@ -130,3 +130,38 @@ class CGPO(nn.Module):
             f"image_size={self.image_size}, output_size={self.output_size}, grid={self.grid}, "
             f"alpha={self.alpha}, tile_side={self.tile_side}"
         )
+
+
+# ----------------------------------------------------------------------------- views (notebook 02)
+
+
+def cgpo_views(image, grid: int = 3, alpha: float = 0.3):
+    """The ten CGPO images of one square RGB image (paper 3.2.2): returns ``(views, cgpo)``,
+    ``views`` a dict z0..z9 -> uint8 image, ``cgpo`` the module (its ``boxes``, ``tile_side``)."""
+    if image.ndim != 3 or image.shape[0] != image.shape[1]:
+        raise ConfigError(f"cgpo_views expects a square (S, S, 3) image, got shape {image.shape}")
+    cgpo = CGPO(image_size=image.shape[0], grid=grid, alpha=alpha)
+    batch = torch.from_numpy(image).permute(2, 0, 1).float().unsqueeze(0)
+    with torch.no_grad():
+        out = cgpo(batch)[0].round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return {f"z{i}": out[i] for i in range(out.shape[0])}, cgpo
+
+
+def cgpo_geometry(cgpo):
+    """The tiling's numbers: image side, tile side t, stride, overlap in pixels (measured
+    between neighbours and the nominal alpha * t), output side."""
+    import numpy as np
+    import pandas as pd
+
+    starts = sorted({x0 for x0, _, _, _ in cgpo.boxes})
+    strides = np.diff(starts) if len(starts) > 1 else np.array([0])
+    t = cgpo.tile_side
+    values = {
+        "image side (px)": cgpo.image_size, "grid": f"{cgpo.grid} x {cgpo.grid}", "alpha": cgpo.alpha,
+        "tile side t (px)": t, "tile starts (px)": ", ".join(map(str, starts)),
+        "stride (px)": ", ".join(map(str, strides.tolist())),
+        "overlap between neighbours (px)": ", ".join(str(t - s) for s in strides.tolist()),
+        "nominal overlap alpha * t (px)": round(cgpo.alpha * t, 1),
+        "output side of every image (px)": cgpo.output_size,
+    }
+    return pd.DataFrame({"value": [str(v) for v in values.values()]}, index=pd.Index(list(values), name="quantity"))

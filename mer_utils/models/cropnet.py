@@ -23,6 +23,7 @@ import timm
 import torch
 from torch import nn
 
+from mer_utils.config import IMAGENET
 from mer_utils.errors import ConfigError
 from mer_utils.models.cgpo import CGPO
 
@@ -34,12 +35,32 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def create_backbone(name: str) -> nn.Module:
-    """A timm model without classifier and pooling: ``forward`` gives the feature map (N, C, h, w)."""
+def create_backbone(name: str, imagenet: bool = False) -> nn.Module:
+    """A timm model without classifier and pooling: ``forward`` gives the feature map (N, C, h, w).
+
+    ``imagenet``: start from timm's ImageNet weights through timm's own pretrained loading
+    (downloaded once into the Hugging Face cache, then read from it; paper 3.2.1 starts from
+    ImageNet). When they cannot be had (offline, no cache), ConfigError says so in one line
+    and names the two ways out.
+    """
     try:
-        return timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+        return timm.create_model(name, pretrained=imagenet, num_classes=0, global_pool="")
     except RuntimeError as err:  # timm: "Unknown model (...)"
-        raise ConfigError(f"unknown backbone {name!r}: {err}") from None
+        if "Unknown model" in str(err) or not imagenet:
+            raise ConfigError(f"unknown backbone {name!r}: {err}") from None
+        raise _imagenet_error(name, err) from None
+    except Exception as err:  # offline: huggingface_hub / requests / OSError in many types
+        if not imagenet:
+            raise
+        raise _imagenet_error(name, err) from None
+
+
+def _imagenet_error(name: str, err: BaseException) -> ConfigError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ConfigError(
+        f"cannot load timm's ImageNet weights for {name} (offline, or the download failed: "
+        f"{type(err).__name__}: {reason[:160]}); pass a local weights file as pretrained_weights "
+        "(--pretrained-weights PATH), or 'none' to train from scratch")
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
@@ -95,8 +116,9 @@ class CropNet(nn.Module):
         embed_dim: size of each z_i and p_i.
         pos_embed_var: variance of the normal initialisation of p1..p9 (0.2, section 3.2.4).
         dropout: dropout on the concatenated vector before the final FC (ours; ReXNet uses 0.2).
-        pretrained_weights: optional local file with ImageNet backbone weights (a timm state
-            dict); None trains from scratch. ``self.pretrained`` records which.
+        pretrained_weights: "imagenet" (timm's ImageNet weights, as the paper starts), a local
+            file with backbone weights (a timm state dict), or None to train from scratch.
+            ``self.pretrained`` records whether the backbone started from weights.
     """
 
     def __init__(
@@ -121,9 +143,10 @@ class CropNet(nn.Module):
         self.image_size = image_size
         self.num_images = self.cgpo.num_images if cgpo else 1
         self.channels_last = False  # set by the trainer on CUDA: the backbone batch is converted
-        self.backbone = create_backbone(backbone)
+        imagenet = str(pretrained_weights).lower() == IMAGENET
+        self.backbone = create_backbone(backbone, imagenet=imagenet)
         self.pretrained = pretrained_weights is not None
-        if pretrained_weights is not None:
+        if pretrained_weights is not None and not imagenet:
             load_backbone_weights(self.backbone, pretrained_weights)
         self.head = nn.Sequential(
             nn.Conv2d(self.backbone.num_features, head_channels, kernel_size=1, bias=False),

@@ -1,0 +1,198 @@
+"""Figures: every plotting helper of the kit, each returning a ``matplotlib.figure.Figure``
+built without pyplot state (works under any backend, in notebooks and worker processes).
+
+Confusion matrices (Figure 4), metric curves (Figure 5), training-loss curves (the evidence
+that each CropNet experiment learned), image grids and CGPO tiles (Figures 1-3), and the
+t-SNE panels (Figure 6).
+"""
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mer_utils.errors import ConfigError, EvaluationError
+
+
+def wrap_title(title: str, width: int = 70) -> str:
+    """``title`` broken into lines of at most ``width`` characters."""
+    return textwrap.fill(title, width)
+
+
+def save_figure(fig, path_stem: str | os.PathLike) -> Path:
+    """Save a matplotlib figure as ``<stem>.png`` (150 dpi) and return the path."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    path = stem.with_name(stem.name + ".png")
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    return path
+
+
+def image_grid(images: Mapping[str, np.ndarray], columns: int | None = None, title: str = "", side: float = 2.4):
+    """A figure of RGB (or grey) uint8 images, one titled panel each, ``columns`` per row."""
+    from matplotlib.figure import Figure
+
+    if not images:
+        raise ConfigError("image_grid: no images to show")
+    columns = columns or min(len(images), 5)
+    rows = math.ceil(len(images) / columns)
+    fig = Figure(layout="constrained", figsize=(side * columns, side * rows + (0.5 if title else 0)))
+    for index, (name, image) in enumerate(images.items()):
+        ax = fig.add_subplot(rows, columns, index + 1)
+        ax.imshow(image, cmap="gray" if np.ndim(image) == 2 else None)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(wrap_title(title), fontsize=10)
+    return fig
+
+
+def draw_tiles(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], title: str = ""):
+    """``image`` with the CGPO tiles (x0, y0, x1, y1) drawn on it, numbered z1..z9."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    fig = Figure(layout="constrained", figsize=(5.5, 5.5))
+    ax = fig.add_subplot()
+    ax.imshow(image)
+    colours = [f"C{i}" for i in range(10)]
+    for index, (x0, y0, x1, y1) in enumerate(boxes):
+        colour = colours[index % len(colours)]
+        inset = 1.5 * (index % 3)  # keeps the shared edges of overlapping tiles visible
+        ax.add_patch(Rectangle((x0 + inset, y0 + inset), x1 - x0 - 2 * inset, y1 - y0 - 2 * inset,
+                               fill=False, edgecolor=colour, linewidth=1.6))
+        ax.text(x0 + 4 + inset, y0 + 14 + inset, f"z{index + 1}", color=colour, fontsize=9, weight="bold")
+    ax.axis("off")
+    if title:
+        ax.set_title(wrap_title(title, 55), fontsize=10)
+    return fig
+
+
+def plot_confusion_matrix(confusion_matrix, classes: Sequence[str], title: str = "",
+                          path: str | os.PathLike | None = None):
+    """Confusion-matrix figure: colour = row-normalised rate, cells show count and rate.
+
+    Builds a ``matplotlib.figure.Figure`` directly (no pyplot state, works under any
+    backend); saves it as PNG when ``path`` is given. Rows with no samples show "-".
+    """
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(confusion_matrix, dtype=float)
+    k = len(classes)
+    if matrix.shape != (k, k):
+        raise EvaluationError(f"confusion matrix of shape {matrix.shape} for {k} classes")
+    support = matrix.sum(axis=1, keepdims=True)
+    rates = np.divide(matrix, support, out=np.zeros_like(matrix), where=support > 0)
+    side = 1.2 + 0.9 * k
+    fig = Figure(figsize=(side + 1.0, side))
+    ax = fig.add_subplot()
+    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="rate (row-normalised)")
+    for i in range(k):
+        for j in range(k):
+            rate = f"{rates[i, j]:.0%}" if support[i, 0] > 0 else "-"
+            ax.text(j, i, f"{int(matrix[i, j])}\n{rate}", ha="center", va="center",
+                    fontsize=9, color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), labels=list(classes), rotation=45, ha="right")
+    ax.set_yticks(range(k), labels=list(classes))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_confusion(experiment, title: str, path_stem: str | os.PathLike | None = None):
+    """The confusion matrix (rows true, columns predicted) of an ExperimentResult or a
+    metrics dict, saved as ``<stem>.png`` when ``path_stem`` is given (Figure 4)."""
+    metrics = getattr(experiment, "metrics", experiment)
+    fig = plot_confusion_matrix(metrics["confusion"], metrics["classes"], title=wrap_title(title, 45))
+    if path_stem is not None:
+        save_figure(fig, path_stem)
+    return fig
+
+
+def plot_curve(table: pd.DataFrame, x: str, columns: Sequence[str], title: str, xlabel: str = ""):
+    """Lines of ``columns`` against column ``x`` of ``table`` (Figure 5: UF1 against N_key)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(layout="constrained", figsize=(5.5, 3.8))
+    ax = fig.add_subplot()
+    for column in columns:
+        ax.plot(table[x], table[column], marker="o", label=column)
+    ax.set_xlabel(xlabel or x)
+    ax.set_xticks(list(table[x]))
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(wrap_title(title, 55), fontsize=10)
+    return fig
+
+
+def plot_epoch_losses(losses: Sequence[float], title: str, path: str | Path | None = None):
+    """Training loss per epoch as a matplotlib Figure (saved as PNG when ``path`` is given)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(5.5, 3.5))
+    ax = fig.add_subplot()
+    ax.plot(range(1, len(losses) + 1), losses, marker="o")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean training loss")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_loss_curves(curves: Mapping[str, Sequence[float]], title: str):
+    """Mean training loss per epoch (over the LOSO folds) of several experiments, one line
+    each: the evidence that every CropNet row of a table was trained until its loss flattened."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(layout="constrained", figsize=(6.5, 4.0))
+    ax = fig.add_subplot()
+    for name, losses in curves.items():
+        if len(losses):
+            ax.plot(range(1, len(losses) + 1), losses, marker="." if len(losses) > 12 else "o", label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean training loss over folds")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
+    ax.set_title(wrap_title(title, 60), fontsize=10)
+    return fig
+
+
+def tsne_figure(embeddings: Mapping[str, np.ndarray], labels: Sequence[str], classes: Sequence[str], title: str):
+    """Figure 6: one scatter panel per preprocessing method, points coloured by class."""
+    from matplotlib.figure import Figure
+
+    labels = np.asarray(labels)
+    columns = 2 if len(embeddings) > 1 else 1
+    rows = math.ceil(len(embeddings) / columns)
+    fig = Figure(layout="constrained", figsize=(4.2 * columns, 3.9 * rows + 0.4))
+    for index, (name, points) in enumerate(embeddings.items()):
+        ax = fig.add_subplot(rows, columns, index + 1)
+        for k, cls in enumerate(classes):
+            chosen = labels == cls
+            ax.scatter(points[chosen, 0], points[chosen, 1], s=14, color=f"C{k}", label=f"{cls} ({chosen.sum()})")
+        ax.set_title(f"({chr(65 + index)}) {name}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(wrap_title(title), fontsize=10)
+    return fig

@@ -1,0 +1,68 @@
+"""What the numbered notebooks share: their opener (:func:`open_run`: data root, run folder,
+data description) and the parsing of list-valued parameters ("0,3", "ars,rrs", "1,5,10").
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from mer_utils.errors import ConfigError, DatasetError
+from mer_utils.paths import repo_path
+from mer_utils.provenance import data_description, report_title
+
+
+@dataclass(frozen=True)
+class NotebookRun:
+    """A notebook's data root and output folder (absolute), and what its reports say of the data."""
+
+    root: Path
+    out: Path
+    data: str
+
+    def title(self, what: str) -> str:
+        """A table or figure title naming this run's data (``provenance.report_title``)."""
+        return report_title(what, self.root)
+
+
+def open_run(data_root: str | os.PathLike, run_dir: str | os.PathLike, quiet: bool = False) -> NotebookRun:
+    """A notebook's first step: resolve ``data_root`` and ``run_dir`` (relative: from the
+    repository root), check the data root is a folder, create the run folder, print both
+    with the data description."""
+    root, out = repo_path(data_root), repo_path(run_dir)
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DatasetError(f"data root {root} {what}: point data_root at a folder holding CASME2/, SAMM/, SMIC/, "
+                           "or generate synthetic data with `mer synth --out data/synthetic`")
+    out.mkdir(parents=True, exist_ok=True)
+    run = NotebookRun(root, out, data_description(root))
+    if not quiet:
+        print(f"data: {run.data}\noutputs: {out}")
+    return run
+
+
+def fold_list(folds: str | Sequence[int] | None) -> list[int] | None:
+    """The notebooks' ``folds`` parameter ("0,3", or "" for all folds) as fold indices or None."""
+    if folds is None or (isinstance(folds, str) and not folds.strip()):
+        return None
+    return int_list(folds, "folds")
+
+
+def int_list(values: str | Sequence[int], name: str = "values") -> list[int]:
+    """A parameter such as ``n_key_values = "1,3,5,10"`` as ``[1, 3, 5, 10]``."""
+    if isinstance(values, str):
+        parts = [p for p in re.split(r"[,\s]+", values.strip()) if p]
+        if not parts or not all(re.fullmatch(r"\d+", p) for p in parts):
+            raise ConfigError(f"{name} {values!r}: expected comma-separated integers such as '1,3,5'")
+        return [int(p) for p in parts]
+    return [int(v) for v in values]
+
+
+def str_list(values: str | Sequence[str], name: str = "values") -> list[str]:
+    """A parameter such as ``methods = "ars,rrs"`` as ``["ars", "rrs"]``."""
+    parts = [p for p in re.split(r"[,\s]+", values.strip()) if p] if isinstance(values, str) else list(values)
+    if not parts:
+        raise ConfigError(f"{name} {values!r}: expected a comma-separated list such as 'ars,rrs'")
+    return parts

@@ -1,0 +1,63 @@
+"""Where things live, in one place (the cookiecutter-data-science layout)::
+
+    <data_root>/                      raw data: CASME2/, SAMM/, SMIC/ (data/synthetic by default)
+    <data_root>/../interim/cache/     the preprocessing cache (data/interim/cache)
+    papermill_runs/<notebook>/        executed notebooks with their tables and figures
+    papermill_runs/experiments/       LOSO experiment folders, one per configuration, shared by
+                                      every notebook that asks for the same experiment
+    reports/                          the rendered HTML reports and their index
+
+Relative paths given to notebooks and to the reproduction are taken from the repository root,
+so a notebook executed by papermill (working directory ``notebooks/``) finds ``data/synthetic``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mer_utils.errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+RUNS_DIR = "papermill_runs"  # executed notebooks, relative to the repository root
+REPORTS_DIR = "reports"  # rendered HTML
+EXPERIMENTS_DIR = f"{RUNS_DIR}/experiments"  # the shared, configuration-keyed experiment store
+SYNTHETIC_DIR = "data/synthetic"  # where `make demo` generates the synthetic data
+OFFICIAL_MEGC2019_LIST = PACKAGE_DIR / "resources" / "megc2019_composite.csv"  # shipped MEGC2019 list
+
+
+def repo_root() -> Path:
+    """The repository root: the folder holding ``pyproject.toml`` above this package."""
+    root = PACKAGE_DIR.parent
+    if not (root / "pyproject.toml").is_file():
+        raise ConfigError(
+            f"mer_utils is installed outside its repository ({root} has no pyproject.toml): "
+            "pass absolute paths instead of paths relative to the repository"
+        )
+    return root
+
+
+def repo_path(path: str | os.PathLike) -> Path:
+    """``path`` as an absolute Path; a relative one is taken from the repository root."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else repo_root() / path
+
+
+def notebooks_dir() -> Path:
+    """The numbered notebooks' folder."""
+    return repo_root() / "notebooks"
+
+
+def default_cache_dir(data_root: str | os.PathLike) -> Path:
+    """The preprocessing cache of a data root: ``<data_root>/../interim/cache``
+    (``data/synthetic`` -> ``data/interim/cache``), absolute."""
+    return Path(data_root).expanduser().resolve().parent / "interim" / "cache"
+
+
+def megc_list_path(megc_list: str | os.PathLike | None) -> str | None:
+    """A MEGC2019 list parameter as a path: "" or None (no list), "official" (the shipped
+    list) or a file (relative: from the repository root)."""
+    if megc_list is None or not str(megc_list):
+        return None
+    if str(megc_list) == "official":
+        return str(OFFICIAL_MEGC2019_LIST)
+    return str(repo_path(megc_list))

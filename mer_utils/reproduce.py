@@ -1,0 +1,285 @@
+"""The one-command reproduction: run the numbered notebooks with papermill under a parameter
+profile, render them to HTML with an index, and each notebook's line in that index.
+
+``reproduce`` runs ``notebooks/NN_*.ipynb`` into ``papermill_runs/<name>/<name>.ipynb`` (each
+with ``run_dir`` = that folder and ``experiments_dir`` = the shared experiment store) and
+renders ``reports/<name>.html`` and ``reports/index.html`` (``render_reports``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from mer_utils.errors import ConfigError, DatasetError, MerError
+from mer_utils.paths import EXPERIMENTS_DIR, REPORTS_DIR, RUNS_DIR, SYNTHETIC_DIR, notebooks_dir
+from mer_utils.provenance import data_description
+from mer_utils.tables import DECIMALS
+
+SUMMARY_FILE = "summary.json"  # a notebook's one-line summary for reports/index.html
+
+
+def write_summary(run_dir: str | os.PathLike, title: str, data_root: str | os.PathLike,
+                  key_numbers: Mapping[str, float], notes: Sequence[str] = ()) -> Path:
+    """The notebook's line in ``reports/index.html``: its title, data, the key numbers it
+    computed and notes (such as how CropNet was initialised), as ``run_dir/summary.json``."""
+    path = Path(run_dir) / SUMMARY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "title": title,
+        "data": data_description(data_root),
+        "key_numbers": {k: _json_number(v) for k, v in key_numbers.items()},
+        "notes": list(notes),
+        "written": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def _json_number(value) -> int | float | None:
+    """Counts stay integers, scores are rounded to DECIMALS, NaN becomes None."""
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    return round(float(value), DECIMALS)
+
+
+NOTEBOOK_NAME = re.compile(r"^(\d\d)_\w+$")
+
+
+PROFILES: dict[str, dict[str, object]] = {
+    # The small synthetic default on a 2-core CPU, notebooks 01..08 in under 20 minutes with
+    # every CropNet experiment trained until its loss flattened: small cached images and
+    # network inputs, the epochs, learning rate and batch size chosen on a synthetic set of
+    # another seed (README, "How the demo's settings were chosen"), two folds at a time.
+    "synthetic-cpu": {
+        "image_size": 64, "preprocess_size": 128, "epochs": 20, "lr": 1e-3, "batch_size": 8,
+        "n_key_values": "1,5,10", "workers": 2, "tsne_size": 32,
+    },
+    # Real data on one GPU: the configuration's defaults (the paper's 320 x 320 input,
+    # TrainConfig's epochs), ImageNet weights as in the paper, N_key 1..10 as in Figure 5,
+    # the official MEGC2019 list, one fold at a time (several GPUs: pass a Dask scheduler
+    # with one worker per GPU), each fold kept as an executed notebook 03.
+    "full-gpu": {
+        "pretrained_weights": "imagenet", "n_key_values": "1,2,3,4,5,6,7,8,9,10", "workers": 1,
+        "fold_notebooks": True, "megc_list": "official",
+    },
+}
+
+
+def list_notebooks(names: Iterable[str] | str | None = None, folder: str | os.PathLike | None = None) -> list[Path]:
+    """The numbered notebooks (``NN_name.ipynb``) in order; ``names`` picks some by number
+    ("04") or by name ("04_casme2_5class"), None or empty means all."""
+    folder = Path(folder) if folder is not None else notebooks_dir()
+    found = sorted(p for p in folder.glob("*.ipynb") if NOTEBOOK_NAME.match(p.stem))
+    if not names:  # None or empty: all of them
+        return found
+    wanted = names.split() if isinstance(names, str) else list(names)
+    chosen = []
+    for name in wanted:
+        stem = Path(str(name)).stem
+        matches = [p for p in found if p.stem == stem or p.stem.split("_", 1)[0] == stem.zfill(2)]
+        if not matches:
+            known = ", ".join(p.stem for p in found) or "none"
+            raise ConfigError(f"no notebook {name!r} in {folder}; known notebooks: {known}")
+        chosen += [p for p in matches if p not in chosen]
+    return sorted(chosen)
+
+
+def declared_parameters(path: str | os.PathLike) -> dict[str, dict]:
+    """The notebook's parameters as papermill sees them: name -> {inferred_type_name, default, help}."""
+    import papermill
+
+    return dict(papermill.inspect_notebook(str(path)))
+
+
+def _papermill_output(path: Path) -> bool:
+    import nbformat
+
+    try:
+        return "papermill" in nbformat.read(path, as_version=4).metadata
+    except Exception:  # unreadable: not ours either
+        return False
+
+
+def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.PathLike = SYNTHETIC_DIR,
+                  profile: str = "synthetic-cpu", out_dir: str | os.PathLike = RUNS_DIR,
+                  overrides: Mapping[str, object] | None = None,
+                  notebooks_folder: str | os.PathLike | None = None) -> dict[str, dict]:
+    """Execute notebooks with papermill (kernel ``python3``, working directory ``notebooks/``)
+    into ``out_dir/<name>/<name>.ipynb``, each with ``run_dir = out_dir/<name>``.
+
+    Parameters: the profile's (PROFILES), then ``overrides``, each notebook receiving the
+    ones it declares; paths are made absolute (relative ones from the current directory).
+    Preprocessing is cached and the runner skips finished folds, so a rerun only does what
+    is missing. A failing notebook does not stop the others. Returns name -> {output,
+    seconds, error} (error None on success). Never writes over a file papermill did not make.
+    """
+    import papermill
+
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; known profiles: {', '.join(PROFILES)}")
+    folder = Path(notebooks_folder) if notebooks_folder is not None else notebooks_dir()
+    paths = list_notebooks(names, folder)
+    if not paths:
+        raise ConfigError(f"no numbered notebooks (NN_name.ipynb) in {folder}")
+    out_dir = Path(out_dir).resolve()
+    overrides = dict(overrides or {})
+    declared = {path: declared_parameters(path) for path in paths}
+    unknown = set(overrides) - set().union(*(set(d) for d in declared.values()))
+    if unknown:
+        raise ConfigError(f"override(s) {', '.join(sorted(unknown))} are parameters of none of "
+                          f"{', '.join(p.stem for p in paths)}")
+    outcome: dict[str, dict] = {}
+    for path in paths:
+        run_dir = out_dir / path.stem
+        output = run_dir / path.name
+        if folder.resolve() in output.resolve().parents:
+            raise ConfigError(f"{output} would sit among the source notebooks in {folder}: choose another out_dir")
+        if output.exists() and not _papermill_output(output):
+            raise ConfigError(f"{output} exists and was not written by papermill: move it or choose another out_dir")
+        values = {"experiments_dir": str(out_dir / Path(EXPERIMENTS_DIR).name), **PROFILES[profile], **overrides,
+                  "data_root": str(Path(data_root).resolve()), "run_dir": str(run_dir)}
+        if "run_dir" not in declared[path]:
+            values["output_dir"] = str(run_dir)  # notebook 03 names its output folder output_dir
+        parameters = {k: v for k, v in values.items() if k in declared[path]}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"[{path.stem}] running with {parameters}", flush=True)
+        clock = time.perf_counter()
+        error = None
+        try:
+            papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name="python3",
+                                       cwd=str(path.parent), progress_bar=False)
+        except Exception as exc:  # recorded; the executed notebook shows the failing cell
+            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        seconds = time.perf_counter() - clock
+        print(f"[{path.stem}] {'FAILED: ' + error if error else 'done'} in {seconds:.0f} s -> {output}", flush=True)
+        outcome[path.stem] = {"output": output, "seconds": seconds, "error": error}
+    return outcome
+
+
+def _notebook_status(nb) -> str:
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return f"failed: {output.get('ename', 'error')}: {output.get('evalue', '')}"[:200]
+    if nb.metadata.get("papermill", {}).get("exception"):
+        return "failed"
+    return "ok"
+
+
+def _notebook_title(nb, default: str) -> str:
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return default
+
+
+def _data_of_run(nb) -> str:
+    """The data description from the executed notebook's ``data_root`` parameter ("-" if none)."""
+    data_root = nb.metadata.get("papermill", {}).get("parameters", {}).get("data_root")
+    return data_description(data_root) if data_root and Path(data_root).is_dir() else "-"
+
+
+def _format_number(value) -> str:
+    """A key number as the index shows it: counts without decimals, scores with DECIMALS."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.{DECIMALS}f}"
+    return str(int(value)) if isinstance(value, float) else str(value)
+
+
+def _index_row(path: Path, nb, report_name: str) -> str:
+    summary_path = path.parent / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    status = _notebook_status(nb)
+    if status != "ok":
+        summary = {}  # a summary from an earlier, successful run would not describe this one
+    title = summary.get("title") or _notebook_title(nb, path.stem)
+    data = summary.get("data") or _data_of_run(nb)
+    finished = (nb.metadata.get("papermill", {}).get("end_time")
+                or _dt.datetime.fromtimestamp(path.stat().st_mtime).isoformat())
+    date = str(finished)[:16].replace("T", " ")
+    numbers = "; ".join(f"{k} {_format_number(v)}" for k, v in summary.get("key_numbers", {}).items())
+    notes = " ".join(summary.get("notes", []))
+    cells = [f'<a href="{html.escape(report_name)}">{html.escape(path.stem)}</a>', html.escape(title),
+             html.escape(data), html.escape(date), html.escape(numbers or "-"),
+             html.escape(notes or ""), html.escape(status)]
+    style = "" if status == "ok" else ' class="failed"'
+    return f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
+_INDEX_TEMPLATE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>mer-residual reports</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}} tr.failed{{background:#fdd}}</style>
+</head><body>
+<h1>mer-residual: reproduction reports</h1>
+<p>Zhao, Chen and Luo (2021), Micro-Expression Recognition Based on Pixel Residual Sum and Cropped Gaussian
+Pyramid. One line per executed notebook (from {runs}); numbers are those computed in that run, on the data named
+beside them. Results on synthetic data test the pipeline, not the method. Rendered {now}.</p>
+<table><tr><th>notebook</th><th>title</th><th>data</th><th>run finished</th><th>key numbers</th><th>notes</th>
+<th>status</th></tr>
+{rows}
+</table></body></html>
+"""
+
+
+def render_reports(runs_dir: str | os.PathLike = RUNS_DIR, reports_dir: str | os.PathLike = REPORTS_DIR) -> Path:
+    """Convert every executed notebook ``runs_dir/<name>/<name>.ipynb`` to ``reports_dir/<name>.html``
+    (nbconvert HTMLExporter; figures are embedded) and write ``reports_dir/index.html``
+    linking them, one line each: title, data, date, key numbers, notes and status."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    runs_dir, reports_dir = Path(runs_dir), Path(reports_dir)
+    executed = sorted(p for p in runs_dir.glob("*/*.ipynb") if p.stem == p.parent.name)
+    if not executed:
+        raise ConfigError(f"no executed notebooks under {runs_dir} (expected <name>/<name>.ipynb): "
+                          "run run_notebooks or reproduce first")
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    exporter = HTMLExporter()
+    rows = []
+    for path in executed:
+        nb = nbformat.read(path, as_version=4)
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
+        report = reports_dir / f"{path.stem}.html"
+        report.write_text(body, encoding="utf-8")
+        rows.append(_index_row(path, nb, report.name))
+    index = reports_dir / "index.html"
+    now = _dt.datetime.now().astimezone().isoformat(timespec="minutes").replace("T", " ")
+    index.write_text(_INDEX_TEMPLATE.format(runs=html.escape(str(runs_dir.resolve())), now=now,
+                                            rows="\n".join(rows)), encoding="utf-8")
+    return index
+
+
+def reproduce(data_root: str | os.PathLike = SYNTHETIC_DIR, profile: str = "synthetic-cpu",
+              only: Iterable[str] | None = None, runs_dir: str | os.PathLike = RUNS_DIR,
+              reports_dir: str | os.PathLike = REPORTS_DIR, overrides: Mapping[str, object] | None = None) -> Path:
+    """Every table and figure in one call: run the notebooks (all, or ``only`` such as
+    ["01", "04"]) with the profile's parameters into ``runs_dir``, render ``reports_dir``,
+    return ``reports_dir/index.html``. Relative paths are taken from the current directory.
+    Failed notebooks are rendered too (their error shows), then a MerError names them."""
+    data_root = Path(data_root).resolve()
+    if not data_root.is_dir():
+        raise DatasetError(f"data root {data_root} does not exist: point --data-root at a folder holding "
+                           "CASME2/, SAMM/, SMIC/, or generate synthetic data with `mer synth --out data/synthetic`")
+    outcome = run_notebooks(only, data_root=data_root, profile=profile, out_dir=runs_dir, overrides=overrides)
+    index = render_reports(runs_dir, reports_dir)
+    failed = {name: run for name, run in outcome.items() if run["error"]}
+    if failed:
+        listed = "; ".join(f"{name} ({run['error']}, see {run['output']})" for name, run in failed.items())
+        raise MerError(f"{len(failed)} of {len(outcome)} notebooks failed: {listed}; reports in {index}")
+    return index

@@ -1,0 +1,207 @@
+"""Tables: the numbers this kit computed, and the published ones, never in one column.
+
+``results_table`` (Table 2 and 4 layout) and ``megc_table`` (Table 3 layout) hold what this
+kit computed, each followed by the chance level of its metrics for the data's class balance
+(``chance_rows``); ``LITERATURE_MEGC2019`` holds what other authors reported on the real
+MEGC2019 composite (docs/method.md section 4), in its own table. ``training_note`` says how each
+CropNet row was trained (weights, epochs, image size).
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mer_utils.errors import ConfigError
+
+DECIMALS = 4
+DATASET_NAMES = {"smic": "SMIC", "casme2": "CASME II", "samm": "SAMM"}  # Table 3's column order
+METHOD_NAMES = {"ars": "ARS", "rrs": "RRS", "farneback": "Farneback", "tvl1": "TV-L1", "lbptop": "LBP-TOP"}
+
+
+def _metrics_of(entry) -> dict:
+    """A metrics dict from an ExperimentResult (``.metrics``) or a metrics dict."""
+    metrics = getattr(entry, "metrics", entry)
+    if not isinstance(metrics, Mapping) or not {"accuracy", "uf1", "uar"} <= set(metrics):
+        raise ConfigError(
+            f"expected an ExperimentResult or a metrics dict with accuracy, uf1 and uar, got {type(entry).__name__}"
+        )
+    return metrics
+
+
+def results_table(experiments: Mapping[str, object], chance: bool = True) -> pd.DataFrame:
+    """Accuracy, UF1 and UAR of each experiment (rows in the given order), rounded.
+
+    ``experiments`` maps a row name ("ARS + CropNet") to an ExperimentResult or to the
+    metrics dict of ``mer_utils.evaluate.compute_metrics``; ``n`` is the number of scored
+    samples (all LOSO folds concatenated, the MEGC2019 definition) and ``folds`` the
+    completed folds out of all ("6/6"; fewer when a run was restricted to some folds).
+    With ``chance``, two more rows give the scores of a uniform random guess and of always
+    guessing the majority class on the same test samples (first experiment's class balance).
+    """
+    rows = {}
+    for name, entry in experiments.items():
+        m = _metrics_of(entry)
+        rows[name] = {"Accuracy": m["accuracy"], "UF1": m["uf1"], "UAR": m["uar"], "n": m.get("n"),
+                      "folds": _folds_done(m)}
+    if chance and experiments:
+        first = _metrics_of(next(iter(experiments.values())))
+        for label, scores in chance_rows(first).items():
+            rows[label] = {"Accuracy": scores["accuracy"], "UF1": scores["uf1"], "UAR": scores["uar"],
+                           "n": first.get("n"), "folds": "chance"}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["Accuracy", "UF1", "UAR", "n", "folds"])
+    table.index.name = "method"
+    return table.round(DECIMALS)
+
+
+def chance_rows(metrics: Mapping) -> dict[str, dict]:
+    """The chance levels of a metrics dict's test samples (its confusion matrix's true
+    counts), as two labelled rows: "chance: uniform random guess" and "chance: always
+    <majority class>" (``mer_utils.evaluate.chance_scores``); per dataset under
+    ``per_dataset`` when the metrics have one."""
+    from mer_utils.evaluate import chance_scores
+
+    def levels(confusion) -> dict:
+        support = np.asarray(confusion).sum(axis=1)
+        return chance_scores(support)
+
+    classes = list(metrics["classes"])
+    overall = levels(metrics["confusion"])
+    support = np.asarray(metrics["confusion"]).sum(axis=1)
+    majority = classes[int(support.argmax())]
+    names = {"uniform": "chance: uniform random guess", "majority": f"chance: always {majority!r}"}
+    rows = {names[key]: dict(values) for key, values in overall.items()}
+    for dataset, scores in (metrics.get("per_dataset") or {}).items():
+        per = levels(scores["confusion"])
+        for key in names:
+            rows[names[key]].setdefault("per_dataset", {})[dataset] = per[key]
+    return rows
+
+
+def _folds_done(metrics: Mapping) -> str:
+    folds = metrics.get("folds") or {}
+    return f"{folds['completed']}/{folds['total']}" if "completed" in folds and "total" in folds else "-"
+
+
+def _megc_columns() -> list[str]:
+    return [f"{metric} {part}" for part in ("full", *DATASET_NAMES.values()) for metric in ("UF1", "UAR")]
+
+
+def megc_table(experiments: Mapping[str, object], chance: bool = True) -> pd.DataFrame:
+    """Table 3 layout: UF1 and UAR on the full composite and per dataset (SMIC, CASME II,
+    SAMM), one row per experiment, and the completed folds. A dataset absent from the run is
+    NaN. With ``chance``, two rows give a uniform random guess and always guessing the
+    majority class (of the whole composite) on the same test samples, per column."""
+    rows = {}
+    for name, entry in experiments.items():
+        m = _metrics_of(entry)
+        rows[name] = _megc_row(m)
+    folds = [_folds_done(_metrics_of(entry)) for entry in experiments.values()]
+    if chance and experiments:
+        for label, scores in chance_rows(_metrics_of(next(iter(experiments.values())))).items():
+            rows[label] = _megc_row(scores)
+            folds.append("chance")
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=_megc_columns()).astype(float).round(DECIMALS)
+    table["folds"] = folds
+    table.index.name = "method"
+    return table
+
+
+def _megc_row(m: Mapping) -> dict:
+    row = {"UF1 full": m["uf1"], "UAR full": m["uar"]}
+    per_dataset = m.get("per_dataset") or {}  # absent when the scored folds hold one dataset
+    for key, label in DATASET_NAMES.items():
+        scores = per_dataset.get(key, {})
+        row[f"UF1 {label}"] = scores.get("uf1", np.nan)
+        row[f"UAR {label}"] = scores.get("uar", np.nan)
+    return row
+
+
+def _literature() -> pd.DataFrame:
+    # docs/method.md section 4: (UF1, UAR) full, SMIC, CASME II, SAMM, as published.
+    published = {
+        "LBP-TOP (challenge baseline)": (.5882, .5785, .2000, .5280, .7026, .7429, .3954, .4102),
+        "OFF-ApexNet": (.7196, .7096, .6817, .6695, .8764, .8681, .5409, .5392),
+        "STSTNet": (.7353, .7605, .6801, .7013, .8382, .8686, .6588, .6810),
+        "EMR (challenge winner)": (.7885, .7824, .7461, .7530, .8293, .8209, .7754, .7152),
+        "HTNet": (.8603, .8475, .8049, .7905, .9532, .9516, .8131, .8124),
+    }
+    table = pd.DataFrame.from_dict(published, orient="index", columns=_megc_columns())
+    table.index.name = "method"
+    table["source"] = "reported by authors"
+    return table
+
+
+LITERATURE_MEGC2019 = _literature()  # published MEGC2019 composite results, not computed here
+
+
+def save_table(table: pd.DataFrame, path_stem: str | os.PathLike, title: str = "") -> list[Path]:
+    """Write ``table`` as ``<stem>.csv``, ``<stem>.md`` and ``<stem>.html`` (title on top of
+    the last two); returns the three paths."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path, html_path = (stem.with_name(stem.name + ext) for ext in (".csv", ".md", ".html"))
+    table.to_csv(csv_path)
+    heading = f"**{title}**\n\n" if title else ""
+    md_path.write_text(heading + markdown_table(table) + "\n", encoding="utf-8")
+    caption = f"<h3>{html.escape(title)}</h3>\n" if title else ""
+    html_path.write_text(caption + table.to_html(na_rep="-", border=0) + "\n", encoding="utf-8")
+    return [csv_path, md_path, html_path]
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A GitHub-style markdown table (index first); NaN shows as "-"."""
+    def cell(value) -> str:
+        if isinstance(value, (float, np.floating)):
+            return "-" if math.isnan(value) else f"{value:.{DECIMALS}f}"
+        return str(value)
+
+    header = [table.index.name or "", *map(str, table.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, *values in table.itertuples(name=None):
+        lines.append("| " + " | ".join([str(name), *map(cell, values)]) + " |")
+    return "\n".join(lines)
+
+
+
+def weights_description(weights: str | None) -> str:
+    """How a CropNet backbone started: "ImageNet weights (timm)", "local weights <file>" or
+    "from scratch (no ImageNet weights)"."""
+    if weights == "imagenet":
+        return "from timm's ImageNet weights"
+    if weights:
+        return f"from local weights {Path(weights).name}"
+    return "from scratch (no ImageNet weights)"
+
+
+def training_note(experiments: Mapping[str, object]) -> str:
+    """How each CropNet experiment was trained, as its folds recorded it (``fold.json``:
+    "weights"): from scratch, from timm's ImageNet weights or from a local file, with its
+    epochs, learning rate, batch size and input size. LBP-TOP rows are named as the baseline."""
+    groups: dict[str, list[str]] = {}
+    baseline = []
+    for name, entry in experiments.items():
+        config = getattr(entry, "config", None)
+        if config is None:
+            continue
+        if config.method == "lbptop":
+            baseline.append(name)
+            continue
+        records = [json.loads((d / "fold.json").read_text(encoding="utf-8"))
+                   for d in getattr(entry, "fold_dirs", {}).values() if (d / "fold.json").is_file()]
+        used = {r.get("weights", config.pretrained_weights) for r in records} or {config.pretrained_weights}
+        start = " / ".join(sorted(weights_description(w) for w in used))
+        epochs = f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}"
+        how = (f"CropNet trained {start}, {epochs} (fixed before the run), lr {config.lr:g}, "
+               f"batch {config.batch_size}, at {config.image_size} px")
+        groups.setdefault(how, []).append(name)
+    parts = [f"{how}: {', '.join(names)}." for how, names in groups.items()]
+    if baseline:
+        parts.append(f"{', '.join(baseline)}: LBP-TOP features and a linear SVM (no network).")
+    return " ".join(parts)
