@@ -193,6 +193,7 @@ def training_note(experiments: Mapping[str, object]) -> str:
         if config.method == "lbptop":
             baseline.append(name)
             continue
+        config = config.resolved()
         records = [json.loads((d / "fold.json").read_text(encoding="utf-8"))
                    for d in getattr(entry, "fold_dirs", {}).values() if (d / "fold.json").is_file()]
         used = {r.get("weights", config.pretrained_weights) for r in records} or {config.pretrained_weights}
