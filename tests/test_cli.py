@@ -38,3 +38,29 @@ def test_parser_knows_every_method():
     args = parser.parse_args(["loso", "--root", "d", "--protocol", "megc2019",
                               "--method", "lbptop", "--out", "o"])
     assert args.method == "lbptop"
+
+
+def test_metrics_on_an_empty_or_binary_file_is_one_line_and_status_2(tmp_path):
+    empty, binary = tmp_path / "empty.csv", tmp_path / "model.pt"
+    empty.write_bytes(b"")
+    binary.write_bytes(bytes(range(256)) * 4)
+    for path in (empty, binary):
+        result = subprocess.run([sys.executable, "-m", "mer_utils", "metrics", str(path)],
+                                capture_output=True, text=True)
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"error: {path}: ") and result.stderr.count("\n") == 1
+        assert "Traceback" not in result.stderr
+
+
+def test_metrics_classes_come_from_the_protocol(tmp_path, capsys):
+    path = tmp_path / "predictions.csv"
+    path.write_text("dataset,subject,clip,true_label,pred_label\n"
+                    "casme2,sub01,EP01,surprise,surprise\n"
+                    "casme2,sub01,EP02,happiness,suprise\n")
+    assert main(["metrics", str(path)]) == 2
+    assert "line 3 (casme2/sub01/EP02): pred_label 'suprise' is not one of the classes" in capsys.readouterr().err
+    path.write_text(path.read_text().replace("suprise", "surprise"))
+    assert main(["metrics", str(path), "--protocol", "casme2-5class"]) == 0
+    assert "classes: others, disgust, happiness, repression, surprise" in capsys.readouterr().out
+    assert main(["metrics", str(path), "--classes", "happiness,surprise"]) == 0
+    assert "classes: happiness, surprise" in capsys.readouterr().out
