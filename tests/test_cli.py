@@ -64,3 +64,28 @@ def test_metrics_classes_come_from_the_protocol(tmp_path, capsys):
     assert "classes: others, disgust, happiness, repression, surprise" in capsys.readouterr().out
     assert main(["metrics", str(path), "--classes", "happiness,surprise"]) == 0
     assert "classes: happiness, surprise" in capsys.readouterr().out
+
+
+def test_bad_inputs_fail_before_any_work_or_output(tmp_path, capsys):
+    from test_data import make_casme2  # tests/ is on sys.path under pytest
+
+    root = tmp_path / "data"
+    make_casme2(root)
+    cache = tmp_path / "cache"
+    assert main(["preprocess", "--root", str(root), "--protocol", "casme2-5class", "--n-key", "0",
+                 "--out", str(cache)]) == 2
+    assert capsys.readouterr().err == "error: n_key must be a positive integer, got 0\n" and not cache.exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    assert main(["preprocess", "--root", str(root), "--protocol", "casme2-5class", "--face-crop", "none",
+                 "--workers", "1", "--out", str(blocker / "cache")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot write to the output folder {blocker / 'cache'}")
+    out = tmp_path / "experiment"
+    assert main(["loso", "--root", str(tmp_path / "cache-less"), "--protocol", "casme2-5class",
+                 "--method", "lbptop", "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.exists()
+    readme = tmp_path / "README.md"
+    readme.write_text("notes")
+    assert main(["data", "--root", str(readme), "--protocol", "casme2-5class"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: data root {readme} is not a folder")
+    assert blocker.read_text() == "mine" and readme.read_text() == "notes"
