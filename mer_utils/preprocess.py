@@ -206,17 +206,21 @@ NEARLY_UNIFORM_STD = 3.0  # grey-level std below which an aligned frame is "near
 
 
 def truncation(data: bytes) -> str | None:
-    """Why ``data`` (a JPEG or PNG file's bytes) is cut short, or None when it is complete or
-    another format. OpenCV decodes a truncated JPEG without an error, only libjpeg's
+    """Why ``data`` (a JPEG, PNG or BMP file's bytes) is cut short, or None when it is complete
+    or another format. OpenCV decodes a truncated JPEG without an error, only libjpeg's
     "Premature end of JPEG file" on stderr and grey or garbled rows, so the end is checked
     here: a JPEG ends with the EOI marker FF D9 (a few bytes of padding after it allowed), a
-    PNG with its IEND chunk. Entropy-coded JPEG data never holds FF D9 (FF is stuffed as FF 00)."""
+    PNG with its IEND chunk, a BMP is as long as its header says. Entropy-coded JPEG data never holds FF D9 (FF is stuffed as FF 00)."""
     if data.startswith(JPEG_START):
         if JPEG_END not in data[-256:]:  # some writers pad or append a few bytes after EOI
             return "the JPEG data stops before its end-of-image marker FF D9"
     elif data.startswith(PNG_SIGNATURE):
         if PNG_END not in data[-64:]:
             return "the PNG data stops before its IEND chunk"
+    elif data.startswith(b"BM") and len(data) >= 6:
+        declared = int.from_bytes(data[2:6], "little")  # the BMP header's file size (0 in a few writers)
+        if declared > len(data):
+            return f"the BMP header declares {declared} bytes"
     return None
 
 

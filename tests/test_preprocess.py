@@ -344,22 +344,23 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
 # --- issue 10: no silent wrong result ---------------------------------------------------------
 
 
-def write_jpeg_clip(root: Path, clip: str, numbers=range(1, 4)):
-    """A clip like make_clip's but with JPEG frames (as CASME II and SAMM ship them)."""
-    sample = make_clip(root, clip, numbers=numbers, onset=numbers[0], apex=numbers[1], offset=numbers[-1])
+def write_clip_as(root: Path, clip: str, suffix: str):
+    """make_clip's clip with its frames re-encoded as ``suffix`` (JPEG: CASME II, SAMM; BMP: SMIC)."""
+    sample = make_clip(root, clip, numbers=range(1, 4), onset=1, apex=2, offset=3)
+    if suffix == ".png":
+        return sample
     paths = []
     for path in sample.frames:
-        jpeg = path.with_suffix(".jpg")
-        assert cv2.imwrite(str(jpeg), cv2.imread(str(path)))
+        converted = path.with_suffix(suffix)
+        assert cv2.imwrite(str(converted), cv2.imread(str(path)))
         path.unlink()
-        paths.append(jpeg)
+        paths.append(converted)
     return sample.replace(frames=tuple(paths))
 
 
-@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".bmp"])
 def test_truncated_frame_that_opencv_half_decodes_is_an_error_naming_the_file(tmp_path, suffix):
-    sample = write_jpeg_clip(tmp_path, "EP_cut") if suffix == ".jpg" else make_clip(
-        tmp_path, "EP_cut", numbers=range(1, 4), onset=1, apex=2, offset=3)
+    sample = write_clip_as(tmp_path, "EP_cut", suffix)
     key_frame = sample.frames[-1]
     data = key_frame.read_bytes()
     key_frame.write_bytes(data[: len(data) // 2])
@@ -374,15 +375,15 @@ def test_truncated_frame_that_opencv_half_decodes_is_an_error_naming_the_file(tm
 
 
 def test_complete_jpeg_frames_still_read_with_padding_after_the_end_marker(tmp_path):
-    sample = write_jpeg_clip(tmp_path, "EP_whole")
+    sample = write_clip_as(tmp_path, "EP_whole", ".jpg")
     reference = read_frame(sample.frames[0], sample.key)
     sample.frames[0].write_bytes(sample.frames[0].read_bytes() + b"\x00" * 16)
     np.testing.assert_array_equal(read_frame(sample.frames[0], sample.key), reference)
 
 
 def test_truncated_key_frame_fails_its_clip_and_the_others_are_written(tmp_path):
-    good = write_jpeg_clip(tmp_path, "EP_good")
-    bad = write_jpeg_clip(tmp_path, "EP_half")
+    good = write_clip_as(tmp_path, "EP_good", ".jpg")
+    bad = write_clip_as(tmp_path, "EP_half", ".jpg")
     data = bad.frames[-1].read_bytes()
     bad.frames[-1].write_bytes(data[: len(data) // 2])
     cache = tmp_path / "cache"
