@@ -136,7 +136,8 @@ def cmd_loso(args: argparse.Namespace) -> int:
 def cmd_metrics(args: argparse.Namespace) -> int:
     from mer_utils.evaluate import format_metrics, metrics_from_file
 
-    metrics = metrics_from_file(args.predictions)
+    classes = [c for c in args.classes.split(",")] if args.classes is not None else None
+    metrics = metrics_from_file(args.predictions, protocol=args.protocol, classes=classes)
     if args.json:
         json.dump(metrics, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -211,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("metrics", help="recompute Accuracy/UF1/UAR from a predictions file")
     p.add_argument("predictions", type=Path, help="predictions CSV")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--protocol", default=None,
+                       help=f"score over this protocol's classes ({', '.join(PROTOCOL_NAMES)}); default: "
+                            "the prob_ columns, else the one protocol holding every label")
+    which.add_argument("--classes", default=None,
+                       help="score over these classes, comma-separated in order, e.g. negative,positive,surprise")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_metrics)
 

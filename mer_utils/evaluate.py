@@ -123,12 +123,65 @@ def prob_columns(df: pd.DataFrame) -> list[str]:
 
 
 def classes_from_frame(df: pd.DataFrame) -> list[str]:
-    """Class names in protocol order: from the ``prob_`` columns, else the sorted labels."""
+    """Class names in protocol order: from the ``prob_`` columns, else the sorted labels.
+    (Scoring uses :func:`resolve_classes`, which never takes the labels as the classes.)"""
     probs = prob_columns(df)
     if probs:
         return [c[len(PROB_PREFIX):] for c in probs]
     labels = set(df["true_label"].astype(str)) | set(df["pred_label"].astype(str))
     return sorted(labels)
+
+
+def check_labels(df: pd.DataFrame, classes: Sequence[str], source: str, origin: str = "") -> None:
+    """Every true and predicted label is one of ``classes``; else EvaluationError naming the
+    first offending row (its file line, header = line 1), the sample and the label."""
+    allowed = set(classes)
+    for column in LABEL_COLUMNS:
+        bad = ~df[column].astype(str).isin(allowed)
+        if bad.any():
+            index = int(np.flatnonzero(bad.to_numpy())[0])
+            row = df.iloc[index]
+            others = int(bad.sum()) - 1
+            raise EvaluationError(
+                f"{source} line {index + 2} ({row_key(row['dataset'], row['subject'], row['clip'])}): "
+                f"{column} {row[column]!r} is not one of the classes {', '.join(classes)}{origin}"
+                + (f" ({others} more such row(s))" if others else ""))
+
+
+def resolve_classes(df: pd.DataFrame, source: str, protocol: str | None = None,
+                    classes: Sequence[str] | None = None) -> list[str]:
+    """The classes a predictions table is scored over, never invented from its labels (a typo
+    such as ``suprise`` would become a class of its own): ``classes`` if given, else the
+    ``protocol``'s, else the ``prob_`` columns, else the one protocol whose classes hold every
+    label. Every label must then be one of them (EvaluationError naming the row)."""
+    from mer_utils.data.protocols import PROTOCOLS
+
+    if classes is not None and protocol is not None:
+        raise EvaluationError("give the classes or the protocol, not both")
+    if protocol is not None:
+        if protocol not in PROTOCOLS:
+            raise EvaluationError(f"unknown protocol {protocol!r}; known protocols: {', '.join(PROTOCOLS)}")
+        classes, origin = list(PROTOCOLS[protocol].classes), f" of protocol {protocol}"
+    elif classes is not None:
+        classes, origin = [str(c).strip() for c in classes], " given"
+        if not classes or "" in classes or len(set(classes)) != len(classes):
+            raise EvaluationError(f"classes {classes}: expected distinct, non-blank class names")
+    elif prob_columns(df):
+        classes, origin = classes_from_frame(df), " of its prob_ columns"
+    else:
+        labels = set(df["true_label"].astype(str)) | set(df["pred_label"].astype(str))
+        fitting = [name for name, proto in PROTOCOLS.items() if labels <= set(proto.classes)]
+        if len(fitting) > 1:
+            raise EvaluationError(f"{source}: the labels {', '.join(sorted(labels))} fit protocols "
+                                  f"{' and '.join(fitting)}; say which with --protocol (or --classes)")
+        # none fitting: the protocol sharing most labels names the row with the odd label
+        name = fitting[0] if fitting else max(PROTOCOLS, key=lambda n: len(labels & set(PROTOCOLS[n].classes)))
+        classes = list(PROTOCOLS[name].classes)
+        origin = (f" of protocol {name} (inferred from the labels)" if fitting else
+                  f" of protocol {name}, the closest (no protocol holds all the labels; "
+                  f"pass --protocol or --classes if it is another)")
+    check_labels(df, classes, source, origin)
+    return classes
 
 
 def _validate_frame(df: pd.DataFrame, source: str) -> None:
@@ -159,7 +212,19 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise EvaluationError(f"{path}: predictions file not found")
     text_columns = {c: str for c in REQUIRED_COLUMNS}
-    df = pd.read_csv(path, dtype=text_columns, keep_default_na=False, na_values=[])
+    expected = f"expected a predictions CSV with columns {', '.join(REQUIRED_COLUMNS)}, prob_<class>..."
+    try:
+        df = pd.read_csv(path, dtype=text_columns, keep_default_na=False, na_values=[])
+    except pd.errors.EmptyDataError:
+        size = path.stat().st_size
+        what = "is empty (0 bytes)" if size == 0 else f"holds no CSV header ({size} bytes of blank lines)"
+        raise EvaluationError(f"{path}: the file {what}; {expected}") from None
+    except UnicodeDecodeError as err:
+        raise EvaluationError(f"{path}: not a text CSV file (byte {err.object[err.start]:#04x} at offset "
+                              f"{err.start} is not UTF-8: a binary file?); {expected}") from None
+    except (pd.errors.ParserError, ValueError, OverflowError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EvaluationError(f"{path}: cannot be read as CSV ({reason}); {expected}") from None
     for column in prob_columns(df):
         df[column] = pd.to_numeric(df[column], errors="coerce")
     _validate_frame(df, str(path))
@@ -286,10 +351,14 @@ def compute_metrics(df: pd.DataFrame, classes: Sequence[str] | None = None) -> d
     return metrics
 
 
-def metrics_from_file(path: str | os.PathLike) -> dict:
-    """Read a predictions CSV, reject duplicated samples, compute the metrics."""
+def metrics_from_file(path: str | os.PathLike, protocol: str | None = None,
+                      classes: Sequence[str] | None = None) -> dict:
+    """Read a predictions CSV, reject duplicated samples, compute the metrics over the
+    classes of :func:`resolve_classes` (an unknown label is an error naming its row)."""
     df = read_predictions(path)
-    metrics = compute_metrics(df)
+    if len(df) == 0:
+        raise EvaluationError(f"{path}: predictions table has no rows: nothing to score")
+    metrics = compute_metrics(df, resolve_classes(df, str(path), protocol, classes))
     metrics["source"] = str(path)
     return metrics
 

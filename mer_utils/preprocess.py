@@ -201,12 +201,58 @@ def _method(method: str) -> Callable[..., np.ndarray]:
 # --- frames and crops --------------------------------------------------------------------
 
 
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"  # SOI and EOI markers
+PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"  # IEND chunk type and its CRC
+NEARLY_UNIFORM_STD = 3.0  # grey-level std below which an aligned frame is "nearly uniform"
+
+
+def truncation(data: bytes) -> str | None:
+    """Why ``data`` (a JPEG, PNG or BMP file's bytes) is cut short, or None when it is complete
+    or another format. OpenCV decodes a truncated JPEG without an error, only libjpeg's
+    "Premature end of JPEG file" on stderr and grey or garbled rows, so the end is checked
+    here: a JPEG ends with the EOI marker FF D9 (a few bytes of padding after it allowed), a
+    PNG with its IEND chunk, a BMP is as long as its header says. Entropy-coded JPEG data never holds FF D9 (FF is stuffed as FF 00)."""
+    if data.startswith(JPEG_START):
+        if JPEG_END not in data[-256:]:  # some writers pad or append a few bytes after EOI
+            return "the JPEG data stops before its end-of-image marker FF D9"
+    elif data.startswith(PNG_SIGNATURE):
+        if PNG_END not in data[-64:]:
+            return "the PNG data stops before its IEND chunk"
+    elif data.startswith(b"BM") and len(data) >= 6:
+        declared = int.from_bytes(data[2:6], "little")  # the BMP header's file size (0 in a few writers)
+        if declared > len(data):
+            return f"the BMP header declares {declared} bytes"
+    return None
+
+
 def read_frame(path: str | Path, clip: str = "?") -> np.ndarray:
-    """One frame as RGB uint8; an unreadable or corrupt file raises PreprocessError."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """One frame as RGB uint8; an unreadable, corrupt or truncated (incompletely decoded)
+    file raises PreprocessError naming the clip and the file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise PreprocessError(f"clip {clip}: cannot read frame {path} ({err.strerror})") from None
+    cut = truncation(data)
+    if cut is not None:
+        raise PreprocessError(f"clip {clip}: frame {path} is truncated ({len(data)} bytes; {cut}); "
+                              "copy or extract it again")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None:
         raise PreprocessError(f"clip {clip}: cannot read frame {path} (missing, not an image, or corrupt)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def warn_if_nearly_uniform(crops: Mapping[int, np.ndarray], sample: Sample) -> None:
+    """Warn, naming the clip and file, for every aligned frame that is nearly one grey level
+    (black, blank or blown out): the face is found on the start frame only (by design), so
+    such a key frame would otherwise pass without a word and dominate the residual image."""
+    for number, crop in crops.items():
+        spread = float(_grey(crop).std())
+        if spread < NEARLY_UNIFORM_STD:
+            warnings.warn(
+                f"clip {sample.key}: aligned frame {number} ({sample.frame_path(number)}) is nearly uniform "
+                f"(grey-level std {spread:.1f}, mean {float(crop.mean()):.0f}): a black, blank or blown-out frame?",
+                UserWarning, stacklevel=3)
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -236,6 +282,7 @@ def _crops(sample: Sample, start: int, numbers: Sequence[int], size: int, face_c
     clock = time.perf_counter()
     aligner = make_aligner(face_crop, size).fit(frames[start], clip=sample.key, frame_path=sample.frame_path(start))
     crops = {n: aligner.align(frame) for n, frame in frames.items()}
+    warn_if_nearly_uniform(crops, sample)
     timings["face"] = timings.get("face", 0.0) + time.perf_counter() - clock
     return crops
 
@@ -384,6 +431,9 @@ def preprocess_samples(
 
     _method(method)
     make_aligner(face_crop, size)  # validates face_crop before any work
+    for name, value in (("n_key", n_key), ("size", size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     workers = _cpu_count() if workers is None else workers
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
@@ -403,6 +453,8 @@ def preprocess_samples(
             cached += 1
         else:
             todo.append(sample)
+    if todo:
+        check_writable(cache_dir)
     bar = tqdm(total=len(unique), initial=cached + len(failures), disable=not progress,
                desc=f"preprocess {method}", unit="clip")
 
@@ -431,11 +483,30 @@ def preprocess_samples(
     if failures:
         sample, first = failures[0]
         names = ", ".join(s.key for s, _ in failures)
+        written = "the other images are written" if len(failures) < len(unique) else "no image was written"
         raise PreprocessError(
-            f"{len(failures)} of {len(unique)} clips failed ({names}); the other images are written. "
+            f"{len(failures)} of {len(unique)} clips failed ({names}); {written}. "
             f"First failure: {_failure(sample, first)}"
         ) from first
     return PreprocessResult(paths, len(todo), cached, time.perf_counter() - clock, timings)
+
+
+def check_writable(folder: str | Path) -> None:
+    """Create ``folder`` if needed and write (then remove) a probe file in it, so an output
+    folder that cannot take the results fails at once, not after every clip is computed."""
+    import tempfile
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"output folder {folder} is a file, not a folder; nothing was computed")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"cannot write to the output folder {folder} ({err.strerror or err}); "
+                          "nothing was computed") from None
 
 
 def _run_pool(todo, workers, record, method, n_key, face_crop, size, paths) -> None:

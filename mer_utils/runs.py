@@ -27,6 +27,7 @@ GPU and one thread, e.g. ``CUDA_VISIBLE_DEVICES=0 dask worker tcp://host:8786 --
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -172,23 +173,53 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
     check_coverage(predictions, test)
     write_predictions(predictions, fold_dir / PREDICTIONS_FILE)
     record = dict(fold=fold, subject=subject, method=config.method, n_test=len(test), **trained,
+                  fingerprint=fold_fingerprint(samples, subject),
                   wall_time_s=round(time.perf_counter() - started, 3), synthetic=is_synthetic(config.root))
     _write_json_atomic(fold_dir / FOLD_FILE, record)
     return record
 
 
-def fold_is_complete(fold_dir: Path, test_samples: Sequence[Sample]) -> bool:
-    """``done.json`` exists and ``predictions.csv`` parses and covers exactly ``test_samples``."""
+def fold_fingerprint(samples: Sequence[Sample], subject: str) -> dict:
+    """What a fold's result depends on in the data: a digest of its test samples (subject
+    ``subject``) and one of its training samples (all the others), each over their keys,
+    labels and clip windows (onset, apex, offset). Recorded in fold.json and done.json."""
+    def digest(part: list) -> str:
+        rows = sorted([s.key, s.label, s.onset, s.apex, s.offset] for s in part)
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+    return {"test": digest([s for s in samples if s.subject_id == subject]),
+            "train": digest([s for s in samples if s.subject_id != subject])}
+
+
+def fold_staleness(fold_dir: Path, test_samples: Sequence[Sample], fingerprint: dict | None = None) -> str | None:
+    """None when the fold is complete, else why not: ``done.json`` missing or unreadable,
+    ``predictions.csv`` not covering exactly ``test_samples``, or (given ``fingerprint``, see
+    :func:`fold_fingerprint`) the fold trained or tested on other samples than these."""
     from mer_utils.evaluate import check_coverage, read_predictions
 
     if not (fold_dir / DONE_FILE).is_file():
-        return False
+        return "not finished"
     try:
-        json.loads((fold_dir / DONE_FILE).read_text())
+        done = json.loads((fold_dir / DONE_FILE).read_text())
         check_coverage(read_predictions(fold_dir / PREDICTIONS_FILE), test_samples)
-    except (MerError, OSError, ValueError):
-        return False
-    return True
+    except (MerError, OSError, ValueError) as err:
+        return f"its results are incomplete or unreadable ({err})"
+    if fingerprint is not None:
+        recorded = done.get("fingerprint") if isinstance(done, dict) else None
+        if not isinstance(recorded, dict):
+            return f"its {DONE_FILE} records no fingerprint of its samples (an older kit), so they cannot be checked"
+        changed = [what for part, what in (("test", "test"), ("train", "training"))
+                   if recorded.get(part) != fingerprint[part]]
+        if changed:
+            return (f"its {' and '.join(changed)} samples changed since it ran "
+                    "(sample keys, labels or clip windows in the annotations)")
+    return None
+
+
+def fold_is_complete(fold_dir: Path, test_samples: Sequence[Sample], fingerprint: dict | None = None) -> bool:
+    """``done.json`` exists, ``predictions.csv`` parses and covers exactly ``test_samples``
+    and, given ``fingerprint``, the fold ran on those samples (:func:`fold_staleness`)."""
+    return fold_staleness(fold_dir, test_samples, fingerprint) is None
 
 
 def fold_notebook_parameters(config: ExperimentConfig, fold: int, fold_dir: Path, torch_threads: int = 0) -> dict:
@@ -310,6 +341,13 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
     return failures
 
 
+def _warn_stale(out_dir: Path, stale: dict[int, str], subjects: Sequence[str], chosen) -> None:
+    """Say which finished folds are stale, why, and whether they run again now."""
+    for i, reason in stale.items():
+        action = "running it again" if i in chosen else "not among the folds asked for: left out of the metrics"
+        warnings.warn(f"{out_dir}: fold {i} ({subjects[i]}) is stale: {reason}; {action}", UserWarning, stacklevel=3)
+
+
 def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str | None = None,
                    workers: int | None = None, folds: Sequence[int] | None = None,
                    use_papermill: bool | None = None, progress: bool = True) -> ExperimentResult:
@@ -333,22 +371,26 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
         use_papermill = NOTEBOOK_PATH.is_file()
     elif use_papermill and not NOTEBOOK_PATH.is_file():
         raise ConfigError(f"use_papermill: the notebook {NOTEBOOK_PATH} does not exist (installed without the repo?)")
-    _claim_experiment_dir(config, out_dir)
     samples = load_samples(config.root, config.protocol, megc_list=config.megc_list)
     subjects = leave_one_subject_out(samples)
     chosen = range(len(subjects)) if folds is None else sorted(set(folds))
     bad = [f for f in chosen if not 0 <= f < len(subjects)]
     if bad:
         raise ConfigError(f"fold(s) {bad} do not exist: {len(subjects)} subjects, folds 0..{len(subjects) - 1}")
+    _claim_experiment_dir(config, out_dir)  # only once the inputs load: a failed start leaves no config.json
     fold_dirs = {i: out_dir / fold_dir_name(i, s) for i, s in enumerate(subjects)}
     tests = {i: [x for x in samples if x.subject_id == s] for i, s in enumerate(subjects)}
-    pending = {i: fold_dirs[i] for i in chosen if not fold_is_complete(fold_dirs[i], tests[i])}
+    prints = {i: fold_fingerprint(samples, s) for i, s in enumerate(subjects)}
+    reasons = {i: fold_staleness(fold_dirs[i], tests[i], prints[i]) for i in range(len(subjects))}
+    _warn_stale(out_dir, {i: r for i, r in reasons.items() if r and (fold_dirs[i] / DONE_FILE).is_file()},
+                subjects, chosen)
+    pending = {i: fold_dirs[i] for i in chosen if reasons[i]}
     failures = {}
     if pending:
         prepare_inputs(config, samples, workers, progress)
         failures = _run_folds(config, pending, subjects, scheduler, workers, use_papermill, progress)
 
-    completed = [i for i in range(len(subjects)) if fold_is_complete(fold_dirs[i], tests[i])]
+    completed = [i for i in range(len(subjects)) if fold_is_complete(fold_dirs[i], tests[i], prints[i])]
     if not completed:
         shown = "; ".join(f"{s}: {m}" for s, m in list(failures.items())[:3])
         raise MerError(f"{out_dir}: no fold is complete, nothing to score" + (f" (failures: {shown})" if shown else ""))

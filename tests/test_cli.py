@@ -38,3 +38,54 @@ def test_parser_knows_every_method():
     args = parser.parse_args(["loso", "--root", "d", "--protocol", "megc2019",
                               "--method", "lbptop", "--out", "o"])
     assert args.method == "lbptop"
+
+
+def test_metrics_on_an_empty_or_binary_file_is_one_line_and_status_2(tmp_path):
+    empty, binary = tmp_path / "empty.csv", tmp_path / "model.pt"
+    empty.write_bytes(b"")
+    binary.write_bytes(bytes(range(256)) * 4)
+    for path in (empty, binary):
+        result = subprocess.run([sys.executable, "-m", "mer_utils", "metrics", str(path)],
+                                capture_output=True, text=True)
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"error: {path}: ") and result.stderr.count("\n") == 1
+        assert "Traceback" not in result.stderr
+
+
+def test_metrics_classes_come_from_the_protocol(tmp_path, capsys):
+    path = tmp_path / "predictions.csv"
+    path.write_text("dataset,subject,clip,true_label,pred_label\n"
+                    "casme2,sub01,EP01,surprise,surprise\n"
+                    "casme2,sub01,EP02,happiness,suprise\n")
+    assert main(["metrics", str(path)]) == 2
+    assert "line 3 (casme2/sub01/EP02): pred_label 'suprise' is not one of the classes" in capsys.readouterr().err
+    path.write_text(path.read_text().replace("suprise", "surprise"))
+    assert main(["metrics", str(path), "--protocol", "casme2-5class"]) == 0
+    assert "classes: others, disgust, happiness, repression, surprise" in capsys.readouterr().out
+    assert main(["metrics", str(path), "--classes", "happiness,surprise"]) == 0
+    assert "classes: happiness, surprise" in capsys.readouterr().out
+
+
+def test_bad_inputs_fail_before_any_work_or_output(tmp_path, capsys):
+    from test_data import make_casme2  # tests/ is on sys.path under pytest
+
+    root = tmp_path / "data"
+    make_casme2(root)
+    cache = tmp_path / "cache"
+    assert main(["preprocess", "--root", str(root), "--protocol", "casme2-5class", "--n-key", "0",
+                 "--out", str(cache)]) == 2
+    assert capsys.readouterr().err == "error: n_key must be a positive integer, got 0\n" and not cache.exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    assert main(["preprocess", "--root", str(root), "--protocol", "casme2-5class", "--face-crop", "none",
+                 "--workers", "1", "--out", str(blocker / "cache")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot write to the output folder {blocker / 'cache'}")
+    out = tmp_path / "experiment"
+    assert main(["loso", "--root", str(tmp_path / "cache-less"), "--protocol", "casme2-5class",
+                 "--method", "lbptop", "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.exists()
+    readme = tmp_path / "README.md"
+    readme.write_text("notes")
+    assert main(["data", "--root", str(readme), "--protocol", "casme2-5class"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: data root {readme} is not a folder")
+    assert blocker.read_text() == "mine" and readme.read_text() == "notes"

@@ -465,3 +465,54 @@ def test_records_and_summary_table(root):
     assert "emotion" in summary_table(read_smic(root / "SMIC")).splitlines()[0]
     five_class = summary_table(load_samples(root, "casme2-5class")).splitlines()[0].split()
     assert five_class == ["label", "others", "disgust", "happiness", "repression", "surprise", "total", "subjects"]
+
+
+# ----------------------------------------------------------------------------- issue 10: empty input
+
+
+@pytest.mark.parametrize("dataset", ["casme2", "samm"])
+def test_sheet_with_a_header_and_no_rows_is_an_error_naming_it(tmp_path, dataset):
+    if dataset == "casme2":
+        make_casme2(tmp_path, rows=[]).joinpath("CASME2_RAW_selected").mkdir()
+        sheet, protocol, reader = "CASME2-coding-20140508.xlsx", "casme2-5class", read_casme2
+    else:
+        make_samm(tmp_path, rows=[])
+        sheet, protocol, reader = "SAMM_Micro_FACS_Codes_v2.xlsx", "megc2019", read_samm
+    message = rf"{sheet}: the sheet has no data rows below its header: no (CASME II|SAMM) sample"
+    with pytest.raises(DatasetError, match=message):
+        reader(tmp_path / ("CASME2" if dataset == "casme2" else "SAMM"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(DatasetError, match=message):
+            load_samples(tmp_path, protocol)
+
+
+def test_megc2019_does_not_drop_an_empty_dataset_silently(tmp_path):
+    make_smic(tmp_path)
+    make_casme2(tmp_path, rows=[]).joinpath("CASME2_RAW_selected").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(DatasetError, match=r"CASME2-coding-20140508\.xlsx: the sheet has no data rows"):
+            load_samples(tmp_path, "megc2019")
+    make_casme2(tmp_path, rows=[(3, "EP01_2", 2, 4, 8, "others")])  # rows, but none in the protocol's classes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(DatasetError, match=r"CASME2: none of its 1 clips has an emotion of protocol megc2019 "
+                                               r"\(disgust, happiness, repression, surprise\): no casme2 sample"):
+            load_samples(tmp_path, "megc2019")
+
+
+def test_protocol_with_zero_samples_is_an_error(tmp_path):
+    make_casme2(tmp_path, rows=[(3, "EP05_02", 1, None, 4, "sadness")])
+    with pytest.raises(DatasetError, match=r"CASME2: none of its 1 clips has an emotion of protocol casme2-5class"):
+        load_samples(tmp_path, "casme2-5class")
+
+
+def test_data_root_that_is_a_file_is_said_to_be_no_folder(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# my notes\n")
+    with pytest.raises(DatasetError, match=r"data root .*README\.md is not a folder"):
+        load_samples(readme, "casme2-5class")
+    with pytest.raises(DatasetError, match=r"data root .*nowhere does not exist"):
+        load_samples(tmp_path / "nowhere", "casme2-5class")
+    assert readme.read_text() == "# my notes\n"

@@ -210,3 +210,65 @@ def test_confusion_figure_labels_classes_and_annotates_every_cell(tmp_path):
     cells = [t.get_text() for t in ax.texts]
     assert len(cells) == 9
     assert cells[0] == "5\n83%" and cells[3] == "2\n40%" and cells[8] == "0\n-"
+
+
+# ------------------------------------------------------------- issue 10: classes, unreadable files
+
+
+def plain_csv(path, rows):
+    """A predictions CSV without prob_ columns, as a user might write one."""
+    frame = pd.DataFrame(rows, columns=["dataset", "subject", "clip", "true_label", "pred_label"])
+    frame.to_csv(path, index=False)
+    return path
+
+
+FIVE_ROWS = [("casme2", "sub01", "EP01", "happiness", "happiness"),
+             ("casme2", "sub01", "EP02", "surprise", "others"),
+             ("casme2", "sub02", "EP03", "others", "others"),
+             ("casme2", "sub02", "EP04", "disgust", "repression")]
+
+
+def test_metrics_take_the_classes_from_the_protocol_not_from_typos(tmp_path):
+    good = metrics_from_file(plain_csv(tmp_path / "good.csv", FIVE_ROWS))
+    assert good["classes"] == FIVE  # inferred: every label is a casme2-5class class
+    typo = FIVE_ROWS[:2] + [("casme2", "sub02", "EP03", "others", "suprise")] + FIVE_ROWS[3:]
+    path = plain_csv(tmp_path / "typo.csv", typo)
+    message = (r"typo\.csv line 4 \(casme2/sub02/EP03\): pred_label 'suprise' is not one of the classes "
+               r"others, disgust, happiness, repression, surprise of protocol casme2-5class, the closest")
+    with pytest.raises(EvaluationError, match=message):
+        metrics_from_file(path)
+    with pytest.raises(EvaluationError, match=r"line 4 .*'suprise' is not one of the classes .* of protocol casme2-5class$"):
+        metrics_from_file(path, protocol="casme2-5class")
+    with pytest.raises(EvaluationError, match=r"line 4 .*'suprise' is not one of the classes .* given$"):
+        metrics_from_file(path, classes=FIVE)
+
+
+def test_labels_fitting_two_protocols_need_the_protocol(tmp_path):
+    path = plain_csv(tmp_path / "both.csv", [("smic", "s1", "c1", "surprise", "surprise")])
+    with pytest.raises(EvaluationError, match=r"both\.csv: the labels surprise fit protocols casme2-5class and "
+                                              r"megc2019; say which with --protocol"):
+        metrics_from_file(path)
+    assert metrics_from_file(path, protocol="megc2019")["classes"] == MEGC
+    assert metrics_from_file(path, classes=["surprise", "other"])["classes"] == ["surprise", "other"]
+
+
+def test_prob_columns_bound_the_labels_too(tmp_path):
+    frame = table([("samm", "006", "c1", "negative", "negative"), ("samm", "006", "c2", "positve", "negative")])
+    path = tmp_path / "probs.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(EvaluationError, match=r"probs\.csv line 3 \(samm/006/c2\): true_label 'positve' is not one "
+                                              r"of the classes negative, positive, surprise of its prob_ columns"):
+        metrics_from_file(path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", r"empty\.csv: the file is empty \(0 bytes\); expected a predictions CSV"),
+    (b"\n\n", r"empty\.csv: the file holds no CSV header \(2 bytes of blank lines\)"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\xff", r"empty\.csv: not a text CSV file \(byte 0x89 at offset 0"),
+])
+def test_empty_or_binary_predictions_file_is_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "empty.csv"
+    path.write_bytes(content)
+    with pytest.raises(EvaluationError, match=message) as caught:
+        read_predictions(path)
+    assert "\n" not in str(caught.value)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,7 @@ from mer_utils.preprocess import (
     load_images,
     preprocess_sample,
     preprocess_samples,
+    read_frame,
     relative_residual_sum,
     tvl1_flow_image,
 )
@@ -337,3 +339,94 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
         preprocess_samples([], "optical", cache_dir=tmp_path)
     with pytest.raises(ConfigError, match="workers"):
         preprocess_samples([], "ars", cache_dir=tmp_path, workers=0)
+
+
+# --- issue 10: no silent wrong result ---------------------------------------------------------
+
+
+def write_clip_as(root: Path, clip: str, suffix: str):
+    """make_clip's clip with its frames re-encoded as ``suffix`` (JPEG: CASME II, SAMM; BMP: SMIC)."""
+    sample = make_clip(root, clip, numbers=range(1, 4), onset=1, apex=2, offset=3)
+    if suffix == ".png":
+        return sample
+    paths = []
+    for path in sample.frames:
+        converted = path.with_suffix(suffix)
+        assert cv2.imwrite(str(converted), cv2.imread(str(path)))
+        path.unlink()
+        paths.append(converted)
+    return sample.replace(frames=tuple(paths))
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".bmp"])
+def test_truncated_frame_that_opencv_half_decodes_is_an_error_naming_the_file(tmp_path, suffix):
+    sample = write_clip_as(tmp_path, "EP_cut", suffix)
+    key_frame = sample.frames[-1]
+    data = key_frame.read_bytes()
+    key_frame.write_bytes(data[: len(data) // 2])
+    if suffix == ".jpg":  # the silent case: OpenCV returns an image for the half file
+        assert cv2.imread(str(key_frame)) is not None
+    with pytest.raises(PreprocessError, match=rf"clip casme2/sub01/EP_cut: frame .*img3\{suffix} is truncated"):
+        read_frame(key_frame, sample.key)
+    with pytest.raises(PreprocessError, match=rf"img3\{suffix} is truncated"):
+        preprocess_sample(sample, "ars", face_crop="none", size=64)
+    with pytest.raises(PreprocessError, match=rf"img3\{suffix} is truncated"):  # the LBP-TOP reader
+        aligned_crops(sample, [1, 2, 3], size=32, face_crop="none")
+
+
+def test_complete_jpeg_frames_still_read_with_padding_after_the_end_marker(tmp_path):
+    sample = write_clip_as(tmp_path, "EP_whole", ".jpg")
+    reference = read_frame(sample.frames[0], sample.key)
+    sample.frames[0].write_bytes(sample.frames[0].read_bytes() + b"\x00" * 16)
+    np.testing.assert_array_equal(read_frame(sample.frames[0], sample.key), reference)
+
+
+def test_truncated_key_frame_fails_its_clip_and_the_others_are_written(tmp_path):
+    good = write_clip_as(tmp_path, "EP_good", ".jpg")
+    bad = write_clip_as(tmp_path, "EP_half", ".jpg")
+    data = bad.frames[-1].read_bytes()
+    bad.frames[-1].write_bytes(data[: len(data) // 2])
+    cache = tmp_path / "cache"
+    with pytest.raises(PreprocessError, match=r"1 of 2 clips failed \(casme2/sub01/EP_half\); the other images "
+                                              r"are written\. .*img3\.jpg is truncated"):
+        preprocess_samples([good, bad], "ars", cache_dir=cache, face_crop="none", size=64, workers=1, progress=False)
+    assert load_image(cache_path(cache, good, "ars", {"n_key": 5, "face_crop": "none", "size": 64})).shape == (64, 64, 3)
+    assert not cache_path(cache, bad, "ars", {"n_key": 5, "face_crop": "none", "size": 64}).exists()
+
+
+def test_black_key_frame_is_a_visible_warning(tmp_path):
+    black = np.zeros((480, 640, 3), np.uint8)
+    sample = make_clip(tmp_path, "EP_black", numbers=range(1, 4), onset=1, apex=2, offset=3,
+                       frame_of=lambda n: black if n == 3 else face_frame())
+    with pytest.warns(UserWarning, match=r"clip casme2/sub01/EP_black: aligned frame 3 \(.*img3\.png\) is nearly uniform"):
+        image = preprocess_sample(sample, "ars", size=64)  # the face is found on the start frame
+    assert image.shape == (64, 64, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a normal clip says nothing
+        preprocess_sample(make_clip(tmp_path, "EP_fine", numbers=range(1, 4), onset=1, apex=2, offset=3), "ars", size=64)
+
+
+def test_bad_parameters_and_unwritable_output_fail_before_any_clip_is_computed(tmp_path, monkeypatch):
+    sample = make_clip(tmp_path / "data", "EP_param", numbers=range(1, 4), onset=1, apex=2, offset=3)
+    computed = []
+    monkeypatch.setattr("mer_utils.preprocess._compute_and_write", lambda *a: computed.append(a))
+    for name, value in (("n_key", 0), ("size", -5)):
+        with pytest.raises(ConfigError, match=rf"{name} must be a positive integer, got {value}"):
+            preprocess_samples([sample], "ars", cache_dir=tmp_path / "cache", face_crop="none", progress=False,
+                               **{name: value})
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    with pytest.raises(ConfigError, match=r"output folder .*a-file is a file, not a folder"):
+        preprocess_samples([sample], "ars", cache_dir=blocker, face_crop="none", size=64, workers=1, progress=False)
+    with pytest.raises(ConfigError, match=r"cannot write to the output folder .*a-file/cache \(Not a directory\)"):
+        preprocess_samples([sample], "ars", cache_dir=blocker / "cache", face_crop="none", size=64, workers=1,
+                           progress=False)
+    assert computed == [] and blocker.read_text() == "mine"
+
+
+def test_every_clip_failing_does_not_claim_images_were_written(tmp_path):
+    bad = make_clip(tmp_path, "EP_all_bad", numbers=range(1, 4), onset=1, apex=2, offset=3)
+    bad.frames[0].write_bytes(b"not an image")
+    with pytest.raises(PreprocessError, match=r"1 of 1 clips failed \(casme2/sub01/EP_all_bad\); no image was written"):
+        preprocess_samples([bad], "ars", cache_dir=tmp_path / "cache", face_crop="none", size=64, workers=1,
+                           progress=False)

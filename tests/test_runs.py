@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 from mer_utils.data import load_samples
-from mer_utils.errors import ConfigError
+from mer_utils.errors import ConfigError, DatasetError, MerError
 from mer_utils.evaluate import read_predictions
 from mer_utils.runs import (DONE_FILE, NOTEBOOK_PATH, PREDICTIONS_FILE, ExperimentConfig, fold_dir_name,
-                            fold_is_complete, is_synthetic, leave_one_subject_out, run_experiment)
+                            fold_fingerprint, fold_is_complete, fold_staleness, is_synthetic, leave_one_subject_out,
+                            run_experiment)
 from mer_utils.synth import make_synthetic
 from mer_utils.train import TrainConfig
 
@@ -232,3 +233,93 @@ def test_failing_fold_is_reported_by_subject_and_the_other_finishes(data_root, t
     assert result.metrics["folds"]["completed"] == 1
     assert (out / "fold_00_sub01" / DONE_FILE).is_file() and not (out / "fold_01_sub02" / DONE_FILE).exists()
     assert set(pd.read_csv(out / PREDICTIONS_FILE)["subject"]) == {"sub01"}
+
+
+# --------------------------------------------------------------------------- issue 10
+
+
+def relabel(root: Path, subject: int, label: str) -> str:
+    """Give the first CASME II sheet row of ``subject`` another emotion; returns its clip."""
+    import openpyxl
+
+    sheet_path = next((root / "CASME2").glob("CASME2-coding-*.xlsx"))
+    workbook = openpyxl.load_workbook(sheet_path)
+    sheet = workbook.worksheets[0]
+    header = [str(c.value or "").strip() for c in sheet[1]]
+    column = {name: header.index(name) for name in ("Subject", "Filename", "Estimated Emotion")}
+    for row in sheet.iter_rows(min_row=2):
+        if str(row[column["Subject"]].value).strip().lstrip("sub").lstrip("0") == str(subject):
+            if str(row[column["Estimated Emotion"]].value).strip().lower() != label:
+                row[column["Estimated Emotion"]].value = label
+                workbook.save(sheet_path)
+                return str(row[column["Filename"]].value).strip()
+    raise AssertionError(f"no row of subject {subject} to relabel")
+
+
+@pytest.mark.slow
+def test_changed_annotations_make_the_folds_that_used_them_stale(tiny, data_root, tmp_path, scheduler):
+    root = Path(shutil.copytree(data_root, tmp_path / "data" / "synthetic"))  # mtimes kept: the cache still hits
+    config = ExperimentConfig(**{**tiny.to_dict(), "root": str(root),
+                                 "cache_dir": str(data_root.parent / "interim" / "cache")})
+    out = tmp_path / "experiment"
+    first = rerun(config, out, scheduler)
+    assert first.trained_folds == 2
+    done = json.loads((out / "fold_01_sub02" / DONE_FILE).read_text())
+    assert set(done["fingerprint"]) == {"test", "train"}
+
+    clip = relabel(root, 2, "surprise")  # a test sample of fold 1, a training sample of fold 0
+    with pytest.warns(UserWarning) as caught:
+        second = run_experiment(config, out, scheduler=scheduler, folds=[0, 1], use_papermill=False, progress=False)
+    messages = [str(w.message) for w in caught]
+    assert any("fold 0 (sub01) is stale: its training samples changed since it ran" in m and "running it again" in m
+               for m in messages), messages
+    assert any("fold 1 (sub02) is stale: its test samples changed since it ran" in m for m in messages), messages
+    assert second.trained_folds == 2 and second.failures == {}
+    table = read_predictions(out / PREDICTIONS_FILE)
+    assert table.loc[table["clip"] == clip, "true_label"].tolist() == ["surprise"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["per_class"]["surprise"]["n"] == int((table["true_label"] == "surprise").sum())
+
+    relabel(root, 1, "others")  # now fold 1 is stale, but only fold 0 is asked for
+    with pytest.warns(UserWarning) as caught:
+        third = run_experiment(config, out, scheduler=scheduler, folds=[0], use_papermill=False, progress=False)
+    assert any("fold 1 (sub02) is stale: its training samples changed" in str(w.message)
+               and "left out of the metrics" in str(w.message) for w in caught)
+    assert third.trained_folds == 1 and third.metrics["folds"]["completed"] == 1
+    assert "sub02" in third.metrics["folds"]["missing_subjects"]
+
+
+def test_fold_without_a_fingerprint_is_stale(data_root, tmp_path):
+    samples = load_samples(data_root, "casme2-5class")
+    test = [s for s in samples if s.subject_id == "sub01"]
+    fold = tmp_path / "fold_00_sub01"
+    fold.mkdir()
+    pd.DataFrame({"dataset": "casme2", "subject": "sub01", "clip": [s.clip for s in test],
+                  "true_label": [s.label for s in test], "pred_label": [s.label for s in test]}
+                 ).to_csv(fold / PREDICTIONS_FILE, index=False)
+    (fold / DONE_FILE).write_text(json.dumps({"fold": 0}))  # as an older kit wrote it
+    assert fold_is_complete(fold, test)  # predictions cover the fold
+    assert not fold_is_complete(fold, test, fold_fingerprint(samples, "sub01"))
+    assert "records no fingerprint" in fold_staleness(fold, test, fold_fingerprint(samples, "sub01"))
+    (fold / DONE_FILE).write_text(json.dumps({"fold": 0, "fingerprint": fold_fingerprint(samples, "sub01")}))
+    assert fold_staleness(fold, test, fold_fingerprint(samples, "sub01")) is None
+    moved = [s.replace(offset=s.offset + 1) if s.clip == test[0].clip else s for s in samples]
+    assert fold_staleness(fold, test, fold_fingerprint(moved, "sub01")).startswith("its test samples changed")
+    other = [s for s in samples if s.subject_id != "sub02"]  # a training subject dropped out
+    assert fold_staleness(fold, test, fold_fingerprint(other, "sub01")).startswith("its training samples changed")
+
+
+def test_config_is_written_only_after_the_inputs_load(data_root, tmp_path, monkeypatch):
+    out = tmp_path / "experiment"
+    empty_root = tmp_path / "no-datasets"
+    empty_root.mkdir()
+    config = ExperimentConfig(root=str(empty_root), protocol="casme2-5class", method="lbptop")
+    with pytest.raises(DatasetError, match="CASME2/ is missing"):
+        run_experiment(config, out, use_papermill=False, progress=False)
+    assert not out.exists()  # nothing written: the corrected command is not refused
+    monkeypatch.setattr("mer_utils.runs.prepare_inputs", lambda *a, **k: None)
+    monkeypatch.setattr("mer_utils.runs._run_folds", lambda *a, **k: {})
+    fixed = ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop")
+    with pytest.raises(MerError, match="no fold is complete"):  # folds stubbed out: nothing ran
+        run_experiment(fixed, out, use_papermill=False, progress=False)
+    assert json.loads((out / "config.json").read_text())["config"]["root"] == str(data_root.resolve())

@@ -83,6 +83,8 @@ def read_casme2(path: str | Path, variant: str = "auto") -> list[Sample]:
         except DatasetError as error:
             problems.append(str(error))
     raise_collected(problems, annotation)
+    if not samples:
+        raise DatasetError(f"{annotation}: the sheet has no data rows below its header: no CASME II sample")
     check_unique(samples, sources, annotation)
     return sorted(samples, key=lambda s: (s.subject, s.clip))
 

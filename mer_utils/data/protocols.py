@@ -186,7 +186,8 @@ def load_samples(
     root = Path(root)
     proto = get_protocol(protocol)
     if not root.is_dir():
-        raise DatasetError(f"data root {root} does not exist")
+        state = "is not a folder" if root.exists() else "does not exist"
+        raise DatasetError(f"data root {root} {state} (expected a folder holding CASME2/, SAMM/ or SMIC/)")
     if megc_list is not None and proto.name != "megc2019":
         raise DatasetError(f"a MEGC2019 sample list only applies to protocol megc2019, not {proto.name!r}")
 
@@ -211,11 +212,19 @@ def load_samples(
             for s in samples
             if (label := proto.class_of(s)) is not None
         ]
+        for dataset in datasets:  # a dataset present but contributing nothing would drop out silently
+            if not any(s.dataset == dataset for s in chosen):
+                read = sum(s.dataset == dataset for s in samples)
+                raise DatasetError(
+                    f"{root / DATASET_FOLDERS[dataset]}: none of its {read} clips has an emotion of protocol "
+                    f"{proto.name} ({', '.join(sorted(proto.emotion_to_class.get(dataset, {})))}): no {dataset} sample")
     else:
         entries = list(megc_list) if not isinstance(megc_list, (str, Path)) else read_megc_list(megc_list)
         source = megc_list if isinstance(megc_list, (str, Path)) else "the MEGC2019 list"
         datasets = [d for d in proto.datasets if any(e.dataset == d for e in entries)]
         chosen = _listed_samples(entries, _read_datasets(root, datasets, casme2_variant), proto, root, source)
+    if not chosen:
+        raise DatasetError(f"protocol {proto.name} on {root}: no sample")
     return sorted(chosen, key=lambda s: (s.subject_id, s.clip))
 
 

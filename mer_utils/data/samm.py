@@ -59,6 +59,8 @@ def read_samm(path: str | Path) -> list[Sample]:
         except DatasetError as error:
             problems.append(str(error))
     raise_collected(problems, annotation)
+    if not samples:
+        raise DatasetError(f"{annotation}: the sheet has no data rows below its header: no SAMM sample")
     check_unique(samples, sources, annotation)
     return sorted(samples, key=lambda s: (s.subject, s.clip))
 
