@@ -158,6 +158,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from mer_utils import paths
     from mer_utils.config import CROPNET_METHODS
+    from mer_utils.data import PROTOCOLS
     from mer_utils.face import FACE_CROP, FACE_CROPS
     from mer_utils.preprocess import N_KEY, PREPROCESS_SIZE
 
@@ -214,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("predictions", type=Path, help="predictions CSV")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--protocol", default=None,
-                       help=f"score over this protocol's classes ({', '.join(PROTOCOL_NAMES)}); default: "
+                       help=f"score over this protocol's classes ({', '.join(PROTOCOLS)}); default: "
                             "the prob_ columns, else the one protocol holding every label")
     which.add_argument("--classes", default=None,
                        help="score over these classes, comma-separated in order, e.g. negative,positive,surprise")

@@ -23,7 +23,6 @@ from mer_utils.errors import ConfigError
 
 CROPNET_METHODS = ("ars", "rrs", "farneback", "tvl1")  # the CropNet input images (preprocess.METHODS)
 METHODS = CROPNET_METHODS + ("lbptop",)  # ... and the MEGC2019 baseline
-IMAGENET = "imagenet"  # pretrained_weights value: timm's ImageNet weights of the backbone
 NO_WEIGHTS = ("", "none")  # pretrained_weights values meaning "train from scratch"
 CROPNET_FIELDS = ("epochs", "image_size", "batch_size", "lr", "cgpo", "backbone", "pretrained_weights", "n_key",
                   "preprocess_size")
@@ -38,6 +37,8 @@ def resolve_weights(value: str | Path | None) -> str | None:
     """A ``pretrained_weights`` value: None, "" or "none" (from scratch) -> None; "imagenet"
     -> "imagenet" (timm's ImageNet weights); anything else must be an existing file, returned
     absolute (relative paths are taken from the current directory)."""
+    from mer_utils.models.cropnet import IMAGENET
+
     if value is None or str(value).strip().lower() in NO_WEIGHTS:
         return None
     if str(value).strip().lower() == IMAGENET:
@@ -150,6 +151,7 @@ class ExperimentConfig:
         relative paths are taken from the repository root, "" means no file (the default),
         ``megc_list="official"`` is the shipped list and applies to megc2019 only, None
         leaves a setting at its default."""
+        from mer_utils.models.cropnet import IMAGENET
         from mer_utils.paths import megc_list_path, repo_path
 
         values = {**{k: v for k, v in parameters.items() if not k.startswith("_")}, **overrides}

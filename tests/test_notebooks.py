@@ -10,7 +10,7 @@ import pandas as pd
 import papermill
 import pytest
 
-from mer_utils import reports
+from mer_utils import paths, reproduce
 from mer_utils.synth import make_synthetic
 
 NOTEBOOKS = ("01_preprocessing", "02_cgpo_visualisation", "04_casme2_5class", "05_megc2019_composite",
@@ -18,12 +18,12 @@ NOTEBOOKS = ("01_preprocessing", "02_cgpo_visualisation", "04_casme2_5class", "0
 # Tiny settings for every notebook (each receives those it declares), then per notebook.
 TINY = {"epochs": 1, "image_size": 32, "preprocess_size": 48, "batch_size": 8, "folds": "0", "workers": 1,
         "fold_notebooks": False, "n_key_values": "5"}
-PER_NOTEBOOK = {"02_cgpo_visualisation": {"image_side": 96}, "06_ablations": {"methods": "ars"}}
+PER_NOTEBOOK = {"02_cgpo_visualisation": {"preprocess_size": 96}, "06_ablations": {"methods": "ars"}}
 CASME2_SAMPLES = 13  # the small synthetic CASME II cut to 2 subjects (casme2-5class)
 
 
 def source(name):
-    return reports.notebooks_dir() / f"{name}.ipynb"
+    return paths.notebooks_dir() / f"{name}.ipynb"
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,9 @@ def runs(tmp_path_factory):
     make_synthetic(base / "data", subjects=2, workers=2, progress=False)
     outcome = {}
     for name in NOTEBOOKS:
-        declared = reports.notebook_parameters(source(name))
+        declared = reproduce.declared_parameters(source(name))
         wanted = {**TINY, **PER_NOTEBOOK.get(name, {})}
-        outcome.update(reports.run_notebooks([name], data_root=base / "data", profile="synthetic-cpu",
+        outcome.update(reproduce.run_notebooks([name], data_root=base / "data", profile="synthetic-cpu",
                                              out_dir=base / "runs",
                                              overrides={k: v for k, v in wanted.items() if k in declared}))
     return base, outcome
@@ -77,7 +77,7 @@ def test_committed_notebook_is_clean(name):
         assert cell.outputs == [] and cell.execution_count is None, f"{name}: a cell carries outputs"
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and tagged[0].cell_type == "code"
-    assert "from mer_utils import reports" in code[0].source
+    assert "import mer_utils" in code[0].source
     assert any(c.cell_type == "markdown" and "Reproduces" in c.source for c in nb.cells)
 
 
@@ -89,10 +89,54 @@ def test_parameters_are_listed_with_types_and_help(name):
     for value in parameters.values():
         assert value["inferred_type_name"] in ("str", "int", "float", "bool"), value
         assert value["help"], f"{name}: parameter {value['name']} has no comment"
-    # the defaults are the synthetic-cpu profile, so a notebook run by hand matches `mer reproduce`
-    for key, profile_value in reports.PROFILES["synthetic-cpu"].items():
-        if key in parameters:
-            assert parameters[key]["default"].strip('"') == str(profile_value), (name, key)
+
+
+
+def configuration_defaults() -> dict:
+    """The one default of each setting a notebook may declare, read from where it lives."""
+    from mer_utils.baselines import lbptop
+    from mer_utils.face import FACE_CROP
+    from mer_utils.paths import EXPERIMENTS_DIR
+    from mer_utils.preprocess import N_KEY, PREPROCESS_SIZE
+    from mer_utils.runs import RunOptions
+    from mer_utils.train import TrainConfig
+
+    train, options = TrainConfig(), RunOptions()
+    return {"epochs": train.epochs, "lr": train.lr, "batch_size": train.batch_size, "image_size": train.image_size,
+            "cgpo": train.cgpo, "backbone": train.backbone, "seed": train.seed, "pretrained_weights": "none",
+            "n_key": N_KEY, "preprocess_size": PREPROCESS_SIZE, "face_crop": FACE_CROP,
+            "lbptop_frames": lbptop.FRAMES, "lbptop_size": lbptop.SIZE, "experiments_dir": EXPERIMENTS_DIR,
+            "folds": options.folds, "scheduler": options.scheduler, "workers": options.workers,
+            "fold_notebooks": options.fold_notebooks, "cache_dir": "", "megc_list": ""}
+
+
+@pytest.mark.parametrize("name", [*NOTEBOOKS, "03_train"])
+def test_notebook_defaults_are_the_configuration_defaults(name):
+    """A notebook run by hand trains as `mer loso` and the runner do: every setting it
+    declares defaults to the one default of the configuration (profiles override them)."""
+    parameters = papermill.inspect_notebook(str(source(name)))
+    expected = configuration_defaults()
+    for key, value in parameters.items():
+        if key in expected:
+            default = value["default"].strip('"')
+            if isinstance(expected[key], float):
+                assert float(default) == expected[key], (name, key, default)
+            else:
+                assert default == str(expected[key]), (name, key, default, expected[key])
+
+
+def test_notebook_03_and_the_runner_build_the_same_configuration(tmp_path):
+    from mer_utils.config import ExperimentConfig
+    from mer_utils.runs import fold_notebook_parameters
+
+    (tmp_path / "CASME2").mkdir()
+    defaults = {k: eval(v["default"]) for k, v in papermill.inspect_notebook(str(source("03_train"))).items()}
+    by_notebook = ExperimentConfig.from_parameters({**defaults, "data_root": str(tmp_path)}).resolved()
+    by_runner = ExperimentConfig(root=str(tmp_path), protocol="casme2-5class").resolved()
+    assert by_notebook == by_runner
+    tuned = by_runner.replace(epochs=7, lr=2e-3, batch_size=4, image_size=48, cgpo=False, n_key=3).resolved()
+    handed = fold_notebook_parameters(tuned, 0, tmp_path / "fold")
+    assert ExperimentConfig.from_parameters({**defaults, **handed}).resolved() == tuned
 
 
 # ----------------------------------------------------------------------------- executed
@@ -125,22 +169,26 @@ def test_02_cgpo_draws_ten_images_and_the_tiles(runs):
 def test_04_table2_computes_three_rows_and_figure_4b(runs):
     folder = run_folder(runs, "04_casme2_5class")
     table2 = table(folder, "table2")
-    assert list(table2.index) == ["ARS + CropNet", "RRS + CropNet", "LBP-TOP"]
+    rows = ["ARS + CropNet", "RRS + CropNet", "LBP-TOP"]
+    assert list(table2.index)[:3] == rows
+    assert list(table2.index)[3].startswith("chance: uniform") and list(table2.index)[4].startswith("chance: always")
     assert_scores(table2, ["Accuracy", "UF1", "UAR"])
-    assert set(table2["folds"]) == {"1/2"}
-    for experiment in ("ars_cropnet", "rrs_cropnet", "lbptop"):
-        assert json.loads((folder / experiment / "metrics.json").read_text())["n"] > 0
-    assert (folder / "figure4b_confusion.png").is_file()
+    assert set(table2.loc[rows, "folds"]) == {"1/2"}
+    store = runs[0] / "runs" / "experiments"
+    assert sorted(p.name.split("_")[1] for p in store.glob("casme2-5class_*_k5_*")) == ["ars", "rrs"]
+    assert all(json.loads((p / "metrics.json").read_text())["n"] > 0 for p in store.glob("casme2-5class_*"))
+    assert (folder / "figure4b_confusion.png").is_file() and (folder / "table2_loss.png").is_file()
     assert "synthetic data" in (folder / "table2.md").read_text().splitlines()[0]
     summary = json.loads((folder / "summary.json").read_text())
-    assert any("trained from scratch (no ImageNet weights), 1 epoch at 32 px" in note for note in summary["notes"])
+    assert any("trained from scratch (no ImageNet weights), 1 epoch (fixed before the run), lr 0.0005, batch 8, "
+               "at 32 px" in note for note in summary["notes"])
 
 
 @pytest.mark.slow
 def test_05_table3_keeps_literature_apart(runs):
     folder = run_folder(runs, "05_megc2019_composite")
     table3 = table(folder, "table3")
-    assert list(table3.index) == ["ARS + CropNet", "LBP-TOP"]
+    assert list(table3.index)[:2] == ["ARS + CropNet", "LBP-TOP"] and len(table3) == 4  # and two chance rows
     assert_scores(table3, ["UF1 full", "UAR full"])
     assert "source" not in table3.columns
     literature = table(folder, "table3_literature")
@@ -148,20 +196,29 @@ def test_05_table3_keeps_literature_apart(runs):
     assert not set(literature.index) & set(table3.index)
     assert "synthetic data" in (folder / "table3.md").read_text().splitlines()[0]
     assert "synthetic" not in (folder / "table3_literature.md").read_text()
-    assert (folder / "figure4a_confusion.png").is_file()
+    assert (folder / "figure4a_confusion.png").is_file() and (folder / "table3_loss.png").is_file()
 
 
 @pytest.mark.slow
 def test_06_table4_and_figure5(runs):
     folder = run_folder(runs, "06_ablations")
     table4 = table(folder, "table4")
-    assert list(table4.index) == ["ARS + CropNet with CGPO", "ARS + CropNet without CGPO"]
+    assert list(table4.index)[:2] == ["ARS + CropNet with CGPO", "ARS + CropNet without CGPO"]
     assert_scores(table4, ["UF1", "UAR"])
+    # Table 4's ARS row with CGPO is Table 2's experiment and Figure 5's N_key 5 point is Table 3's: reused
+    table2 = table(run_folder(runs, "04_casme2_5class"), "table2")
+    assert table4.loc["ARS + CropNet with CGPO", "UF1"] == table2.loc["ARS + CropNet", "UF1"]
     curve = table(folder, "figure5_nkey")
-    assert list(curve.index) == [5]
+    assert list(curve.index)[0] == "5"
     assert_scores(curve, ["UF1", "UAR"])
+    table3 = table(run_folder(runs, "05_megc2019_composite"), "table3")
+    assert curve.loc["5", "UF1"] == table3.loc["ARS + CropNet", "UF1 full"]
     assert (folder / "figure5_nkey.png").is_file()
-    config = json.loads((folder / "table4_ars_no_cgpo" / "config.json").read_text())["config"]
+    assert (folder / "table4_loss.png").is_file() and (folder / "figure5_loss.png").is_file()
+    store = runs[0] / "runs" / "experiments"
+    assert len(list(store.glob("casme2-5class_ars_*"))) == 2  # with and without CGPO, nothing twice
+    no_cgpo = next(store.glob("casme2-5class_ars_nocgpo_*"))
+    config = json.loads((no_cgpo / "config.json").read_text())["config"]
     assert config["cgpo"] is False and config["image_size"] == 32
 
 
@@ -177,7 +234,7 @@ def test_07_tsne_has_four_panels_and_their_separation(runs):
 @pytest.mark.slow
 def test_executed_notebooks_render_to_an_index(runs, tmp_path):
     base, outcome = runs
-    index = reports.render_reports(base / "runs", tmp_path / "reports")
+    index = reproduce.render_reports(base / "runs", tmp_path / "reports")
     html = index.read_text()
     for name in NOTEBOOKS:
         if outcome[name]["error"] is None:

@@ -12,9 +12,10 @@ import pytest
 from mer_utils.data import load_samples
 from mer_utils.errors import ConfigError, DatasetError, MerError
 from mer_utils.evaluate import read_predictions
-from mer_utils.runs import (DONE_FILE, NOTEBOOK_PATH, PREDICTIONS_FILE, ExperimentConfig, fold_dir_name,
-                            fold_fingerprint, fold_is_complete, fold_staleness, is_synthetic, leave_one_subject_out,
-                            run_experiment)
+from mer_utils.config import ExperimentConfig
+from mer_utils.provenance import is_synthetic
+from mer_utils.runs import (DONE_FILE, NOTEBOOK_PATH, PREDICTIONS_FILE, fold_dir_name, fold_fingerprint,
+                            fold_is_complete, fold_staleness, leave_one_subject_out, run_experiment)
 from mer_utils.synth import make_synthetic
 from mer_utils.train import TrainConfig
 

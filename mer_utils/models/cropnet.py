@@ -23,10 +23,10 @@ import timm
 import torch
 from torch import nn
 
-from mer_utils.config import IMAGENET
 from mer_utils.errors import ConfigError
 from mer_utils.models.cgpo import CGPO
 
+IMAGENET = "imagenet"  # ``pretrained_weights`` value: timm's own ImageNet weights of the backbone
 PAPER_PARAMETERS = 7.6e6  # section 3.2.1: "approximately 7.6M"
 
 
