@@ -471,3 +471,112 @@ def tile_influence(model: LoadedModel, image: np.ndarray) -> pd.DataFrame:
     names = [f"z{i}" for i in range(views.shape[1])]
     return pd.DataFrame({"image": names, "probability blanked": probs.numpy(),
                          "drop": float(full[predicted]) - probs.numpy()}).set_index("image")
+
+
+# --------------------------------------------------------------------------- notebook 08 and benchmarks
+
+
+def card_table(model: LoadedModel) -> pd.DataFrame:
+    """The model card as a two-column table (field, value) for a report."""
+    card = model.card
+    rows = {
+        "classes": ", ".join(card["classes"]),
+        "protocol": card["protocol"],
+        "apex": card.get("apex", "annotated"),
+        "preprocessing": ", ".join(f"{k} {v}" for k, v in card["preprocessing"].items()),
+        "backbone": f"{card['model']['backbone']} ({'ImageNet ' + str(card['model']['pretrained_weights']) if card['model']['pretrained'] else 'from scratch'})",
+        "CropNet input": f"{card['model']['image_size']} px, CGPO {'on' if card['model']['cgpo'] else 'off'}",
+        "training": f"{card['training']['epochs']} epochs, batch {card['training']['batch_size']}, lr {card['training']['lr']}, "
+                    f"seed {card['training']['seed']}, final loss {card['training']['epoch_losses'][-1]:.4f}",
+        "training data": f"{card['training_data']['n_samples']} samples of {card['training_data']['n_subjects']} subjects, "
+                         f"{card['training_data']['description']}",
+        "kit version, created": f"{card['kit_version']}, {card['created']}",
+    }
+    return pd.DataFrame({"value": rows}).rename_axis("field")
+
+
+def unseen_synthetic(out: str | Path, protocol: str, seed: int = 1, subjects: int | None = None) -> Path:
+    """A synthetic set with another seed (new faces) holding the protocol's datasets, written
+    once into ``out`` (reused when already there with the same parameters)."""
+    from mer_utils.data import get_protocol
+    from mer_utils.synth import make_synthetic
+
+    make_synthetic(out, datasets=get_protocol(protocol).datasets, seed=seed, subjects=subjects, workers=1,
+                   progress=False)
+    return Path(out)
+
+
+def predict_videos(model: LoadedModel, samples: Sequence[Sample], folder: str | Path, suffix: str = ".avi",
+                   fps: float = 30.0) -> pd.DataFrame:
+    """Each sample's frames from onset to offset written as one video in ``folder`` and
+    predicted with ``predict_clip`` (whole video as the window, apex spotted): the kit's
+    predictions table, plus the spotted, annotated (NaN where none) and middle-frame apex in
+    the dataset's frame numbers, and the video's path."""
+    from mer_utils.preprocess import infer_apex
+
+    folder = Path(folder)
+    rows = []
+    for sample in samples:
+        numbers = [n for n in sample.frame_numbers if sample.onset <= n <= sample.offset]
+        video = write_video([sample.frame_path(n) for n in numbers], folder / f"{sample.key.replace('/', '_')}{suffix}",
+                            fps=fps)
+        prediction = predict_clip(model, video)
+        rows.append({"dataset": sample.dataset, "subject": sample.subject_id, "clip": sample.clip,
+                     "true_label": sample.label, "pred_label": prediction.label,
+                     **{f"prob_{c}": prediction.probabilities[c] for c in model.classes},
+                     "apex_spotted": numbers[prediction.apex],
+                     "apex_annotated": float("nan") if sample.apex_inferred else float(sample.apex),
+                     "apex_middle": infer_apex(sample.onset, sample.offset), "video": str(video)})
+    return pd.DataFrame(rows)
+
+
+def prediction_figure(prediction: ClipPrediction, crops: dict[str, np.ndarray], title: str = ""):
+    """One figure: the aligned frames given (e.g. onset, apex, offset), the spotting curve
+    with the apex marked, the preprocessed image fed to CropNet, and the class probabilities."""
+    from matplotlib.figure import Figure
+
+    panels = len(crops) + 3
+    fig = Figure(layout="constrained", figsize=(2.6 * panels, 2.9))
+    axes = fig.subplots(1, panels)
+    for ax, (name, image) in zip(axes, crops.items()):
+        ax.imshow(image)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    ax = axes[len(crops)]
+    spotted = prediction.curve
+    if spotted is not None:
+        ax.plot(spotted.frame_numbers, spotted.raw, color="0.6", label="d(t)")
+        ax.plot(spotted.frame_numbers, spotted.smoothed, color="C0", label="smoothed")
+        ax.axvline(prediction.apex, color="C3", linestyle="--", label=f"apex {prediction.apex}")
+        ax.legend(fontsize=7)
+    ax.set_title(f"apex ({prediction.apex_source})", fontsize=9)
+    ax.set_xlabel("frame", fontsize=8)
+    ax = axes[len(crops) + 1]
+    ax.imshow(prediction.image)
+    ax.set_title("CropNet input (preprocessed)", fontsize=9)
+    ax.axis("off")
+    ax = axes[len(crops) + 2]
+    names = list(prediction.probabilities)
+    values = [prediction.probabilities[n] for n in names]
+    ax.barh(names, values, color=["C3" if n == prediction.label else "C0" for n in names])
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_title(f"predicted: {prediction.label}", fontsize=9)
+    ax.tick_params(labelsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def influence_figure(influence: pd.DataFrame, label: str, title: str = ""):
+    """Bars: the drop of the predicted class's probability when each CGPO image is blanked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(layout="constrained", figsize=(6.5, 3.0))
+    ax = fig.add_subplot()
+    drops = influence["drop"]
+    ax.bar(influence.index, drops, color=["C3" if d > 0 else "C0" for d in drops])
+    ax.axhline(0, color="0.3", linewidth=0.8)
+    ax.set_ylabel(f"drop of p({label})")
+    ax.set_title(title or f"blanking each CGPO image: change of p({label})", fontsize=10)
+    return fig
