@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_metrics)
 
-    p = sub.add_parser("reproduce", help="run notebooks 01-07 with papermill, render reports/")
+    p = sub.add_parser("reproduce", help="run every numbered notebook (01-08) with papermill, render reports/")
     p.add_argument("--data-root", type=Path, default=Path("data/synthetic"),
                    help="folder holding CASME2/, SAMM/, SMIC/ (default: the synthetic data)")
     p.add_argument("--profile", default="synthetic-cpu", choices=("synthetic-cpu", "full-gpu"),

@@ -530,9 +530,11 @@ def predict_videos(model: LoadedModel, samples: Sequence[Sample], folder: str | 
     return pd.DataFrame(rows)
 
 
-def prediction_figure(prediction: ClipPrediction, crops: dict[str, np.ndarray], title: str = ""):
+def prediction_figure(prediction: ClipPrediction, crops: dict[str, np.ndarray], title: str = "",
+                      frame_numbers: Sequence[int] | None = None):
     """One figure: the aligned frames given (e.g. onset, apex, offset), the spotting curve
-    with the apex marked, the preprocessed image fed to CropNet, and the class probabilities."""
+    with the apex marked, the preprocessed image fed to CropNet, and the class probabilities.
+    ``frame_numbers``: the clip's own frame numbers of a video's frames 0, 1, ... (for the axis)."""
     from matplotlib.figure import Figure
 
     panels = len(crops) + 3
@@ -544,10 +546,12 @@ def prediction_figure(prediction: ClipPrediction, crops: dict[str, np.ndarray], 
         ax.axis("off")
     ax = axes[len(crops)]
     spotted = prediction.curve
+    number = (lambda n: frame_numbers[n]) if frame_numbers is not None else (lambda n: n)  # noqa: E731
     if spotted is not None:
-        ax.plot(spotted.frame_numbers, spotted.raw, color="0.6", label="d(t)")
-        ax.plot(spotted.frame_numbers, spotted.smoothed, color="C0", label="smoothed")
-        ax.axvline(prediction.apex, color="C3", linestyle="--", label=f"apex {prediction.apex}")
+        x = [number(n) for n in spotted.frame_numbers]
+        ax.plot(x, spotted.raw, color="0.6", label="d(t)")
+        ax.plot(x, spotted.smoothed, color="C0", linestyle=":", label="smoothed")
+        ax.axvline(number(prediction.apex), color="C3", linestyle="--", label=f"apex {number(prediction.apex)}")
         ax.legend(fontsize=7)
     ax.set_title(f"apex ({prediction.apex_source})", fontsize=9)
     ax.set_xlabel("frame", fontsize=8)
