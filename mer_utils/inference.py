@@ -20,6 +20,8 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -269,6 +271,7 @@ def read_clip(path: str | Path) -> Iterator[Clip]:
 
 def decode_video(path: Path, folder: Path) -> list[Path]:
     """Every frame of the video ``path`` as lossless ``frame_<n>.bmp`` in ``folder`` (n from 0)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # quiet: a bad file is reported once, below
     import cv2
 
     capture = cv2.VideoCapture(str(path))
@@ -386,8 +389,9 @@ def predict_clip(model: LoadedModel, path: str | Path, onset: int | None = None,
                                       size=prep["size"])
         except MerError as err:
             message = str(err).replace(f"clip {sample.key}", f"clip {clip.path}")
-            if clip.is_video:
-                message = message.replace(str(clip.frames[0].parent), f"{clip.path} (decoded)")
+            if clip.is_video:  # name the video's frame, not the temporary file it was decoded to
+                decoded = re.escape(str(clip.frames[0].parent)) + r"/frame_0*(\d+)\.bmp"
+                message = re.sub(decoded, lambda m: f"(video frame {int(m.group(1))})", message)
             raise type(err)(message if str(clip.path) in message else f"clip {clip.path}: {message}") from None
     probs = predict_probs(model.model, [image], model.config)[0]
     classes = model.classes

@@ -135,6 +135,9 @@ def test_bad_clips_are_one_line_naming_the_clip(setup, tmp_path, capsys):
         cv2.imwrite(str(blank / f"frame{n:03d}.png"), rng.integers(100, 110, (120, 160, 3), dtype=np.uint8))
     line = error_line(capsys, model + [str(blank)])
     assert str(blank) in line and "no face" in line
+    faceless = write_video(sorted(blank.iterdir()), tmp_path / "no_face.avi")
+    line = error_line(capsys, model + [str(faceless)])
+    assert str(faceless) in line and "no face found in start frame (video frame 0)" in line
     line = error_line(capsys, model + [str(tmp_path / "missing")])
     assert "does not exist" in line
 
