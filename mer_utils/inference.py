@@ -382,7 +382,7 @@ def predict_clip(model: LoadedModel, path: str | Path, onset: int | None = None,
         try:
             spotted = None
             if apex is None:
-                spotted = spot_sample_apex(sample, face_crop=prep["face_crop"], size=prep["size"])
+                spotted = spot_sample_apex(sample, face_crop=prep["face_crop"])  # as load_samples(apex="spotted")
                 sample = sample.replace(apex=spotted.apex)
             _, keys = sample_window(sample, prep["n_key"])
             image = preprocess_sample(sample, prep["method"], n_key=prep["n_key"], face_crop=prep["face_crop"],

@@ -39,6 +39,7 @@ from mer_utils.data.sample import Sample
 from mer_utils.errors import PreprocessError
 
 SPOT_SIDE = 64  # grey crops are area-averaged to this side before differencing
+CROP_SIZE = 128  # side of the aligned face crops the curve is computed from
 
 
 @dataclass
@@ -114,7 +115,7 @@ def window_frames(sample: Sample, onset: int | None = None, offset: int | None =
     return numbers
 
 
-def spot_sample_apex(sample: Sample, face_crop: str = "dlib", size: int = 128) -> SpottedApex:
+def spot_sample_apex(sample: Sample, face_crop: str = "dlib", size: int = CROP_SIZE) -> SpottedApex:
     """Spot ``sample``'s apex between its onset and offset on aligned crops (face fitted on the
     onset frame, as preprocessing does) of side ``size``."""
     from mer_utils.preprocess import aligned_crops
@@ -131,7 +132,7 @@ def nearest_frame(sample: Sample, number: int) -> int:
 
 
 def with_apex(samples: Sequence[Sample], mode: str = "annotated", face_crop: str = "dlib",
-              size: int = 128) -> list[Sample]:
+              size: int = CROP_SIZE) -> list[Sample]:
     """``samples`` with their apex chosen by ``mode``:
 
     - "annotated": unchanged (an unannotated apex, as in SMIC, is already the middle frame);
