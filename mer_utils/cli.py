@@ -1,7 +1,7 @@
 """Command line: ``mer`` or ``python -m mer_utils``.
 
-Subcommands: data, synth, preprocess, loso, metrics, reproduce. Each is a thin wrapper
-over a package function; errors of the kit (MerError) print as one line and exit with status 2.
+Subcommands: data, synth, preprocess, loso, metrics, reproduce, train, predict. Each is a thin
+wrapper over a package function; errors of the kit (MerError) print as one line and exit with status 2.
 """
 from __future__ import annotations
 
@@ -26,6 +26,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--megc-list", type=Path, default=None,
                    help="MEGC2019 sample list (official CSV, with or without header); "
                         "'official' for the list shipped with the kit")
+
+
+def _add_apex_arg(p: argparse.ArgumentParser, flag: str = "--apex", dest: str = "apex",
+                  default: str | None = "annotated") -> None:
+    p.add_argument(flag, dest=dest, default=default, choices=("annotated", "middle", "spotted"),
+                   help="where each sample's apex comes from: the annotation (SMIC: middle frame), "
+                        "the middle frame, or spotted on the aligned frames (default: "
+                        f"{default or 'the model card'})")
 
 
 def _megc_list(value: Path | None):
@@ -79,9 +87,15 @@ def _experiment_config(args: argparse.Namespace):
 def cmd_data(args: argparse.Namespace) -> int:
     from mer_utils.data import load_samples, samples_to_records, summary_table
 
-    samples = load_samples(args.root, args.protocol, megc_list=_megc_list(args.megc_list))
+    samples = load_samples(args.root, args.protocol, megc_list=_megc_list(args.megc_list),
+                           apex=args.apex, face_crop=args.face_crop)
     if args.json:
-        json.dump(samples_to_records(samples), sys.stdout, indent=1)
+        records = samples_to_records(samples)
+        if args.apex != "annotated":
+            for record, sample in zip(records, samples):
+                record["annotated_apex"] = sample.extra.get("annotated_apex")
+                record["apex_source"] = sample.extra.get("apex_source")
+        json.dump(records, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         print(f"{args.protocol} on {args.root}")
@@ -146,6 +160,55 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from mer_utils.inference import load_model, train_protocol
+
+    t0 = time.perf_counter()
+    folder = train_protocol(
+        args.root, args.protocol, args.out, method=args.method, megc_list=_megc_list(args.megc_list),
+        apex=args.apex, epochs=args.epochs, image_size=args.image_size, preprocess_size=args.preprocess_size,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, n_key=args.n_key, cgpo=False if args.no_cgpo else None,
+        face_crop=args.face_crop, cache_dir=args.cache_dir, pretrained_weights=args.pretrained_weights,
+        workers=args.workers, max_threads=args.threads, overwrite=args.overwrite)
+    card = load_model(folder).card
+    data = card["training_data"]
+    print(f"model in {folder}: CropNet ({card['preprocessing']['method']}) on {data['n_samples']} samples of "
+          f"{data['n_subjects']} subjects ({data['description']}), classes {', '.join(card['classes'])}, "
+          f"{card['training']['epochs']} epochs, final loss {card['training']['epoch_losses'][-1]:.4f}, "
+          f"{time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mer_utils.inference import format_prediction, load_model, predict_clip, predict_protocol
+
+    if (args.clip is None) == (args.root is None):
+        raise MerError("mer predict needs either --clip PATH or --root DIR --protocol P --out FILE")
+    if args.root is not None:
+        if args.protocol is None or args.out is None:
+            raise MerError("mer predict --root needs --protocol and --out (the predictions CSV to write)")
+        if any(v is not None for v in (args.onset, args.apex, args.offset)):
+            raise MerError("--onset/--apex/--offset apply to --clip only; a data root carries its annotations")
+    model = load_model(args.model)
+    if args.clip is not None:
+        prediction = predict_clip(model, args.clip, onset=args.onset, apex=args.apex, offset=args.offset)
+        if args.json:
+            json.dump(prediction.to_json(), sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            print(format_prediction(prediction))
+        return 0
+    from mer_utils.evaluate import compute_metrics, format_metrics, write_predictions
+
+    frame = predict_protocol(model, args.root, args.protocol, megc_list=_megc_list(args.megc_list),
+                             apex=args.apex_mode, cache_dir=args.cache_dir, workers=args.workers,
+                             method=args.method, n_key=args.n_key, face_crop=args.face_crop)
+    write_predictions(frame, args.out)
+    print(f"{len(frame)} predictions in {args.out}")
+    print(format_metrics(compute_metrics(frame, classes=model.classes)))
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from mer_utils.reproduce import reproduce
 
@@ -171,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="list a protocol's samples (counts, or --json)")
     _add_data_args(p)
     p.add_argument("--json", action="store_true", help="print the samples as a JSON list")
+    _add_apex_arg(p)
+    p.add_argument("--face-crop", default="dlib", choices=("dlib", "none"),
+                   help="face alignment used to spot the apex (--apex spotted)")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("synth", help="generate the synthetic CASME2/, SAMM/, SMIC/ folders")
@@ -222,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_metrics)
 
-    p = sub.add_parser("reproduce", help="run notebooks 01-07 with papermill, render reports/")
+    p = sub.add_parser("reproduce", help="run every numbered notebook (01-08) with papermill, render reports/")
     p.add_argument("--data-root", type=Path, default=Path(paths.SYNTHETIC_DIR),
                    help="folder holding CASME2/, SAMM/, SMIC/ (default: the synthetic data)")
     p.add_argument("--profile", default="synthetic-cpu", choices=("synthetic-cpu", "full-gpu"),
@@ -231,6 +297,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", type=Path, default=Path(paths.RUNS_DIR))
     p.add_argument("--reports-dir", type=Path, default=Path(paths.REPORTS_DIR))
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("train", help="train CropNet on every sample of a protocol, export a model folder")
+    _add_data_args(p)
+    _add_apex_arg(p)
+    p.add_argument("--method", default="ars", choices=("ars", "rrs", "farneback", "tvl1"))
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: TrainConfig's)")
+    p.add_argument("--image-size", type=int, default=None, help="CropNet input side")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TrainConfig's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-key", type=int, default=None, help="number of key frames (default 5)")
+    p.add_argument("--preprocess-size", type=int, default=None,
+                   help="side of the cached preprocessed images (default 320)")
+    p.add_argument("--face-crop", default=None, choices=("dlib", "none"))
+    p.add_argument("--no-cgpo", action="store_true", help="single-image ablation variant")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="preprocessing cache (default: <root>/../interim/cache)")
+    p.add_argument("--pretrained-weights", type=Path, default=None,
+                   help="local ImageNet ReXNet weights file (default: train from scratch)")
+    p.add_argument("--workers", type=int, default=1, help="preprocessing processes")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: as is)")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    p.add_argument("--out", required=True, type=Path, help="model folder to write")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="predict a clip (frames folder or video) or a whole data root")
+    p.add_argument("--model", required=True, type=Path, help="model folder written by `mer train`")
+    p.add_argument("--clip", type=Path, default=None,
+                   help="folder of numbered frame images, or a video file (mp4, avi, mov, ...)")
+    p.add_argument("--onset", type=int, default=None, help="window start frame (default: the first; video frames count from 0)")
+    p.add_argument("--apex", type=int, default=None, help="apex frame (default: spotted)")
+    p.add_argument("--offset", type=int, default=None, help="window end frame (default: the last)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--root", type=Path, default=None, help="data root: predict every sample of --protocol")
+    p.add_argument("--protocol", default=None, help=f"with --root: one of {', '.join(PROTOCOL_NAMES)}")
+    p.add_argument("--megc-list", type=Path, default=None, help="with --root and megc2019: the sample list")
+    _add_apex_arg(p, flag="--apex-mode", dest="apex_mode", default=None)
+    p.add_argument("--method", default=None, help="with --root: refuse unless the model uses this method")
+    p.add_argument("--n-key", type=int, default=None, help="with --root: refuse unless the model uses this N_key")
+    p.add_argument("--face-crop", default=None, help="with --root: refuse unless the model uses this face crop")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="preprocessing cache (default: <root>/../interim/cache)")
+    p.add_argument("--workers", type=int, default=1, help="preprocessing processes")
+    p.add_argument("--out", type=Path, default=None, help="with --root: predictions CSV to write")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

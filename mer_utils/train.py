@@ -247,42 +247,17 @@ def train_fold(
     """
     started = time.perf_counter()
     train, test = split_fold(samples, test_subject)
-    for sample in list(train) + list(test):
-        if sample.label is None:
-            raise ConfigError(f"{sample.key}: no label (apply a protocol before training)")
+    _check_trainable(list(train) + list(test))
     if not config.cgpo and min(config.batch_size, len(train)) < 2:
         raise ConfigError("without CGPO a training batch needs >= 2 images (ReXNet's SE blocks use BatchNorm)")
     classes = config.classes or tuple(sorted({s.label for s in samples}))
     device = _resolve_device(config.device)
-    on_cuda = device.type == "cuda"
-    amp = config.amp and on_cuda
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    channels_last = config.channels_last and on_cuda
 
     with _reproducible(config.seed, device, config.max_threads):
-        train_set = _ImageSet(
-            _as_tensors(train, images), _labels(train, classes), build_transform(config.image_size, config.augment)
-        )
         test_images = _as_tensors(test, images)
         test_labels = _labels(test, classes)
-        model = CropNet(
-            num_classes=len(classes),
-            backbone=config.backbone,
-            cgpo=config.cgpo,
-            image_size=config.image_size,
-            grid=config.grid,
-            alpha=config.alpha,
-            head_channels=config.head_channels,
-            embed_dim=config.embed_dim,
-            pretrained_weights=config.pretrained_weights,
-        ).to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-            model.channels_last = True
-        autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp)  # noqa: E731
-        epoch_losses = _train(model, train_set, config, device, autocast, use_scaler=amp and amp_dtype == torch.float16,
-                              desc=f"fold {test_subject}")
-        probs = _predict(model, test_images, config, device, autocast)
+        fitted = _fit(train, classes, config, images, device, desc=f"fold {test_subject}")
+        probs = _predict(fitted.model, test_images, config, device, fitted.autocast)
 
     predicted = probs.argmax(axis=1)
     return FoldResult(
@@ -295,17 +270,110 @@ def train_fold(
         y_pred=[classes[i] for i in predicted],
         probs=probs,
         classes=classes,
-        epoch_losses=epoch_losses,
+        epoch_losses=fitted.epoch_losses,
         wall_time_s=time.perf_counter() - started,
         device=device.type,
-        amp=amp,
-        channels_last=channels_last,
-        pretrained=model.pretrained,
-        n_train=len(train),
-        config={**dataclasses.asdict(config), "classes": list(classes),
-                "pretrained_weights": None if config.pretrained_weights is None else str(config.pretrained_weights),
-                "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp else "float32"},
+        amp=fitted.amp,
+        channels_last=fitted.channels_last,
+        pretrained=fitted.model.pretrained,
+        n_train=fitted.n_train,
+        config=_config_record(config, classes, fitted),
     )
+
+
+def _config_record(config: TrainConfig, classes: tuple[str, ...], fitted: "TrainedModel") -> dict:
+    return {**dataclasses.asdict(config), "classes": list(classes),
+            "pretrained_weights": None if config.pretrained_weights is None else str(config.pretrained_weights),
+            "amp_dtype": str(fitted.amp_dtype).removeprefix("torch.") if fitted.amp else "float32"}
+
+
+@dataclass
+class TrainedModel:
+    """A CropNet trained by ``train_model`` (or inside ``train_fold``) and how."""
+
+    model: CropNet
+    classes: tuple[str, ...]
+    epoch_losses: list[float]
+    device: torch.device
+    amp: bool
+    amp_dtype: torch.dtype
+    channels_last: bool
+    n_train: int
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+
+
+def _check_trainable(samples: Sequence[Sample]) -> None:
+    for sample in samples:
+        if sample.label is None:
+            raise ConfigError(f"{sample.key}: no label (apply a protocol before training)")
+
+
+def _fit(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig, images: Mapping[str, np.ndarray],
+         device: torch.device, desc: str) -> TrainedModel:
+    """Build CropNet and run the one training loop (``_train``) on ``train``; call inside ``_reproducible``."""
+    on_cuda = device.type == "cuda"
+    amp = config.amp and on_cuda
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    channels_last = config.channels_last and on_cuda
+    train = list(train)
+    train_set = _ImageSet(
+        _as_tensors(train, images), _labels(train, classes), build_transform(config.image_size, config.augment)
+    )
+    model = build_model(config, len(classes)).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        model.channels_last = True
+    fitted = TrainedModel(model, classes, [], device, amp, amp_dtype, channels_last, len(train))
+    fitted.epoch_losses = _train(model, train_set, config, device, fitted.autocast,
+                                 use_scaler=amp and amp_dtype == torch.float16, desc=desc)
+    return fitted
+
+
+def build_model(config: TrainConfig, num_classes: int) -> CropNet:
+    """The CropNet that ``config`` describes (untrained)."""
+    return CropNet(
+        num_classes=num_classes,
+        backbone=config.backbone,
+        cgpo=config.cgpo,
+        image_size=config.image_size,
+        grid=config.grid,
+        alpha=config.alpha,
+        head_channels=config.head_channels,
+        embed_dim=config.embed_dim,
+        pretrained_weights=config.pretrained_weights,
+    )
+
+
+def train_model(samples: Sequence[Sample], config: TrainConfig, images: Mapping[str, np.ndarray],
+                desc: str = "all samples") -> TrainedModel:
+    """Train CropNet on every one of ``samples`` (no held-out subject): the same loop, seeding
+    and fixed number of epochs as ``train_fold``; the model after the last epoch is returned."""
+    samples = list(samples)
+    if not samples:
+        raise ConfigError("train_model: no samples to train on")
+    _check_trainable(samples)
+    if not config.cgpo and min(config.batch_size, len(samples)) < 2:
+        raise ConfigError("without CGPO a training batch needs >= 2 images (ReXNet's SE blocks use BatchNorm)")
+    classes = config.classes or tuple(sorted({s.label for s in samples}))
+    device = _resolve_device(config.device)
+    with _reproducible(config.seed, device, config.max_threads):
+        fitted = _fit(samples, classes, config, images, device, desc=desc)
+    fitted.model.eval()
+    return fitted
+
+
+def predict_probs(model: CropNet, images: Sequence[np.ndarray], config: TrainConfig,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """Softmax probabilities (N, C) of ``model`` on (H, W, 3) uint8 RGB images, un-augmented,
+    resized to ``config.image_size`` and normalised exactly as in training."""
+    device = torch.device(device)
+    tensors = [torch.from_numpy(np.ascontiguousarray(np.asarray(image, dtype=np.uint8))).permute(2, 0, 1).contiguous()
+               for image in images]
+    if not tensors:
+        return np.zeros((0, model.num_classes))
+    return _predict(model, tensors, config, device, contextlib.nullcontext)
 
 
 def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: torch.device, autocast,

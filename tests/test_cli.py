@@ -6,7 +6,7 @@ import pytest
 
 from mer_utils.cli import build_parser, main
 
-SUBCOMMANDS = ("data", "synth", "preprocess", "loso", "metrics", "reproduce")
+SUBCOMMANDS = ("data", "synth", "preprocess", "loso", "metrics", "reproduce", "train", "predict")
 
 
 def test_module_help_lists_subcommands():

@@ -1,4 +1,4 @@
-"""Notebooks 01, 02 and 04-07: committed clean (no outputs, one `parameters` cell, kernel
+"""Notebooks 01, 02 and 04-08: committed clean (no outputs, one `parameters` cell, kernel
 python3), parameters typed for `papermill --help-notebook`, and each one executed end to end
 through papermill on a tiny synthetic set (2 subjects per dataset, 1 epoch, 32 px, fold 0
 only), its saved tables holding numbers. Notebook 03 is tested with the runner."""
@@ -14,10 +14,10 @@ from mer_utils import paths, reproduce
 from mer_utils.synth import make_synthetic
 
 NOTEBOOKS = ("01_preprocessing", "02_cgpo_visualisation", "04_casme2_5class", "05_megc2019_composite",
-             "06_ablations", "07_tsne")
+             "06_ablations", "07_tsne", "08_predict")
 # Tiny settings for every notebook (each receives those it declares), then per notebook.
 TINY = {"epochs": 1, "image_size": 32, "preprocess_size": 48, "batch_size": 8, "folds": "0", "workers": 1,
-        "fold_notebooks": False, "n_key_values": "5"}
+        "fold_notebooks": False, "n_key_values": "5", "unseen_subjects": 1}
 PER_NOTEBOOK = {"02_cgpo_visualisation": {"preprocess_size": 96}, "06_ablations": {"methods": "ars"}}
 CASME2_SAMPLES = 13  # the small synthetic CASME II cut to 2 subjects (casme2-5class)
 
@@ -229,6 +229,24 @@ def test_07_tsne_has_four_panels_and_their_separation(runs):
     assert list(separation.index) == ["ARS", "RRS", "Farneback", "TV-L1"]
     assert separation["silhouette"].between(-1, 1).all()
     assert (folder / "figure6_tsne.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_08_predict_trains_predicts_an_unseen_video_and_explains(runs):
+    folder = run_folder(runs, "08_predict")
+    card = json.loads((folder / "model" / "model.json").read_text())
+    assert card["training"]["epochs"] == 1 and card["model"]["image_size"] == 32
+    assert (folder / "videos" / "clip.avi").stat().st_size > 0
+    influence = table(folder, "tile_influence")
+    assert list(influence.index) == [f"z{i}" for i in range(10)]
+    unseen = pd.read_csv(folder / "unseen_predictions.csv")
+    assert len(unseen) > 0 and unseen["apex_spotted"].notna().all()
+    for png in ("prediction.png", "tile_influence.png"):
+        assert (folder / png).stat().st_size > 10_000
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["key_numbers"]["unseen clips"] == len(unseen)
+    assert 0.0 <= summary["key_numbers"]["accuracy on unseen videos"] <= 1.0
+    assert summary["key_numbers"]["apex MAE spotted (frames)"] < summary["key_numbers"]["apex MAE middle (frames)"]
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from mer_utils.data.smic import read_smic
 from mer_utils.errors import DatasetError
 from mer_utils.paths import OFFICIAL_MEGC2019_LIST  # noqa: F401  (re-exported by mer_utils.data)
 
+APEX_MODES = ("annotated", "middle", "spotted")  # load_samples(apex=...): where each sample's apex comes from
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,8 @@ def load_samples(
     protocol: str | Protocol,
     megc_list: str | Path | Sequence[MegcListEntry] | None = None,
     casme2_variant: str = "auto",
+    apex: str = "annotated",
+    face_crop: str = "dlib",
 ) -> list[Sample]:
     """The protocol's samples from ``root/CASME2``, ``root/SAMM``, ``root/SMIC``, sorted by (subject_id, clip).
 
@@ -182,7 +185,15 @@ def load_samples(
     exactly the listed samples with the listed labels; every listed dataset and sample must
     be on disk. megc2019 without a list: the datasets present, classes from the emotion
     mapping, and a warning that this is not the official list.
+
+    ``apex`` (APEX_MODES): "annotated" keeps the annotated apex (SMIC-HS, which has none,
+    gets the middle frame, as the paper does); "middle" sets every apex to the middle frame;
+    "spotted" spots every apex on the aligned frames (``mer_utils.spotting``; ``face_crop``
+    as in preprocessing). Both set ``apex_inferred`` and keep the annotation in
+    ``extra["annotated_apex"]``.
     """
+    if apex not in APEX_MODES:
+        raise DatasetError(f"apex {apex!r} is not one of {', '.join(APEX_MODES)}")
     root = Path(root)
     proto = get_protocol(protocol)
     if not root.is_dir():
@@ -225,7 +236,12 @@ def load_samples(
         chosen = _listed_samples(entries, _read_datasets(root, datasets, casme2_variant), proto, root, source)
     if not chosen:
         raise DatasetError(f"protocol {proto.name} on {root}: no sample")
-    return sorted(chosen, key=lambda s: (s.subject_id, s.clip))
+    chosen = sorted(chosen, key=lambda s: (s.subject_id, s.clip))
+    if apex != "annotated":
+        from mer_utils.spotting import with_apex
+
+        chosen = with_apex(chosen, apex, face_crop=face_crop)
+    return chosen
 
 
 def _read_datasets(root: Path, datasets: Iterable[str], casme2_variant: str) -> list[Sample]:

@@ -165,15 +165,21 @@ class CropNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (B, num_classes) for normalised images ``x`` (B, 3, S, S)."""
-        batch = x.shape[0]
+        return self.forward_views(self.views(x))
+
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's input images (B, num_images, 3, s, s): CGPO's z0..z9, or the one image."""
         if self.cgpo is not None:
-            views = self.cgpo(x)  # (B, 10, 3, s, s)
-            images = views.reshape(batch * self.num_images, *views.shape[2:])
-        else:
-            S = self.image_size
-            if x.ndim != 4 or tuple(x.shape[1:]) != (3, S, S):
-                raise ConfigError(f"CropNet(image_size={S}) expects input (B, 3, {S}, {S}), got {tuple(x.shape)}")
-            images = x
+            return self.cgpo(x)  # (B, 10, 3, s, s)
+        S = self.image_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, S, S):
+            raise ConfigError(f"CropNet(image_size={S}) expects input (B, 3, {S}, {S}), got {tuple(x.shape)}")
+        return x[:, None]
+
+    def forward_views(self, views: torch.Tensor) -> torch.Tensor:
+        """Class logits from ``views(x)`` (so a caller can change one view, e.g. blank a tile)."""
+        batch = views.shape[0]
+        images = views.reshape(batch * self.num_images, *views.shape[2:])
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         z = self.head(self.backbone(images))  # one backbone pass over all B * 10 images

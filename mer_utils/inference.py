@@ -1,0 +1,590 @@
+"""Using a trained model on new recordings (docs/predict.md).
+
+- ``train_protocol``: CropNet trained on every sample of a protocol (no held-out subject,
+  the fixed number of epochs) and saved as a self-describing model folder: ``model.json``
+  (the card: classes, protocol, preprocessing, backbone, training settings and data, kit
+  version, date) and ``model.safetensors`` (the weights).
+- ``load_model``: that folder back, refused when written by another kit version or
+  incomplete.
+- ``read_clip``: a folder of numbered frame images (any of the datasets' file-name styles)
+  or a video file (OpenCV), as frame paths and frame numbers.
+- ``predict_clip``: one clip preprocessed exactly as in training (window eq. 1-2, key
+  frames eq. 3-4, face alignment on the start frame, the model's method), the apex spotted
+  when not given; ``predict_protocol``: every sample of a data root, as a predictions table.
+- ``tile_influence``: how much blanking each CGPO image z0..z9 moves the predicted class's
+  probability.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+import mer_utils
+from mer_utils.data.sample import Sample
+from mer_utils.errors import ConfigError, DatasetError, MerError, PreprocessError
+
+CARD_FILE = "model.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FORMAT = "mer-residual model"
+CARD_FORMAT_VERSION = 1
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv")
+CLIP_DATASET = "clip"  # Sample.dataset of a clip given by path (not from a dataset folder)
+
+
+# --------------------------------------------------------------------------- the model folder
+
+
+@dataclass
+class LoadedModel:
+    """A model folder in memory: its ``card`` (model.json), the CropNet in eval mode on CPU,
+    and the ``TrainConfig`` that sizes its input."""
+
+    folder: Path
+    card: dict
+    model: object  # CropNet
+    config: object  # TrainConfig
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.card["classes"])
+
+    @property
+    def preprocessing(self) -> dict:
+        """method, n_key, face_crop, size (the cached images' side) as in training."""
+        return dict(self.card["preprocessing"])
+
+
+def _training_data(root: Path, samples: Sequence[Sample]) -> dict:
+    from mer_utils.provenance import data_description, is_synthetic
+
+    return {
+        "root": str(root),
+        "description": data_description(root),
+        "synthetic": is_synthetic(root),
+        "n_samples": len(samples),
+        "n_subjects": len({s.subject_id for s in samples}),
+        "datasets": dict(sorted(Counter(s.dataset for s in samples).items())),
+        "class_counts": dict(sorted(Counter(s.label for s in samples).items())),
+    }
+
+
+def train_protocol(root: str | Path, protocol: str, out_dir: str | Path, *, method: str = "ars",
+                   megc_list: str | Path | None = None, apex: str = "annotated", epochs: int | None = None,
+                   image_size: int | None = None, preprocess_size: int | None = None, batch_size: int | None = None,
+                   lr: float | None = None, seed: int | None = None, n_key: int | None = None, cgpo: bool | None = None,
+                   face_crop: str | None = None, backbone: str | None = None, pretrained_weights: str | None = None,
+                   cache_dir: str | Path | None = None, workers: int | None = 1, max_threads: int | None = None,
+                   progress: bool = True, overwrite: bool = False) -> Path:
+    """Train CropNet on every sample of ``protocol`` under ``root`` and write the model folder
+    ``out_dir`` (returned). Settings left None take the LOSO runner's defaults (``config.ExperimentConfig``,
+    i.e. ``train.TrainConfig``'s); preprocessing goes through the shared cache. ``overwrite``:
+    replace a model folder already at ``out_dir``."""
+    from mer_utils.data import load_samples
+    from mer_utils.files import atomic_write_bytes, atomic_write_text
+    from mer_utils.preprocess import PREPROCESS_VERSION, load_image, preprocess_samples
+    from mer_utils.config import ExperimentConfig
+    from mer_utils.train import train_model
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    if method == "lbptop":
+        raise ConfigError("mer train exports CropNet models: method lbptop (the SVM baseline) cannot be exported; "
+                          "use ars, rrs, farneback or tvl1")
+    if (out_dir / CARD_FILE).exists() and not overwrite:
+        raise ConfigError(f"{out_dir} already holds a model ({CARD_FILE}); choose another folder or overwrite it")
+    config = ExperimentConfig(
+        root=str(root), protocol=protocol, method=method, megc_list=str(megc_list) if megc_list else None,
+        epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr, seed=seed, n_key=n_key, cgpo=cgpo,
+        face_crop=face_crop, cache_dir=str(cache_dir) if cache_dir else None, backbone=backbone,
+        pretrained_weights=str(pretrained_weights) if pretrained_weights else None, preprocess_size=preprocess_size,
+    ).resolved()
+    samples = load_samples(config.root, config.protocol, megc_list=config.megc_list, apex=apex,
+                           face_crop=config.face_crop)
+    if not samples:
+        raise DatasetError(f"{config.root}: protocol {protocol} has no samples to train on")
+    result = preprocess_samples(samples, method=method, cache_dir=config.cache_dir, n_key=config.n_key,
+                                face_crop=config.face_crop, size=config.preprocess_size, workers=workers,
+                                progress=progress)
+    images = {key: load_image(path) for key, path in result.paths.items()}
+    train_config = config.train_config(max_threads=max_threads, progress=progress)
+    fitted = train_model(samples, train_config, images, desc=f"train {protocol}")
+
+    weights = _weights_bytes(fitted.model)
+    settings = dataclasses.asdict(train_config)
+    card = {
+        "format": CARD_FORMAT,
+        "format_version": CARD_FORMAT_VERSION,
+        "kit_version": mer_utils.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "classes": list(fitted.classes),
+        "protocol": protocol,
+        "megc_list": config.megc_list,
+        "apex": apex,
+        "preprocessing": {"method": method, "n_key": config.n_key, "face_crop": config.face_crop,
+                          "size": config.preprocess_size, "preprocess_version": PREPROCESS_VERSION},
+        "model": {"architecture": "CropNet", "backbone": train_config.backbone, "cgpo": train_config.cgpo,
+                  "image_size": train_config.image_size, "grid": train_config.grid, "alpha": train_config.alpha,
+                  "head_channels": train_config.head_channels, "embed_dim": train_config.embed_dim,
+                  "pretrained_weights": config.pretrained_weights, "pretrained": fitted.model.pretrained},
+        "training": {**{k: settings[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
+                                                 "schedule", "augment", "seed")},
+                     "device": fitted.device.type, "epoch_losses": [round(float(x), 6) for x in fitted.epoch_losses],
+                     "wall_time_s": round(time.perf_counter() - started, 1)},
+        "training_data": _training_data(Path(config.root), samples),
+        "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(weights).hexdigest()},
+    }
+    atomic_write_bytes(out_dir / WEIGHTS_FILE, weights)
+    atomic_write_text(out_dir / CARD_FILE, json.dumps(card, indent=1) + "\n")
+    return out_dir
+
+
+def _weights_bytes(model) -> bytes:
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return save(state, metadata={"format": CARD_FORMAT, "kit_version": mer_utils.__version__})
+
+
+def load_model(folder: str | Path) -> LoadedModel:
+    """The model folder written by ``train_protocol``; ConfigError naming the folder when it
+    is missing, incomplete, not a model of this kit, from another kit version, or when its
+    weights do not match its card."""
+    from safetensors.torch import load
+
+    from mer_utils.train import TrainConfig, build_model
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"model folder {folder} does not exist (write one with `mer train ... --out {folder}`)")
+    missing = [name for name in (CARD_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise ConfigError(f"model folder {folder} is incomplete: missing {', '.join(missing)} "
+                          f"(expected {CARD_FILE} and {WEIGHTS_FILE})")
+    try:
+        card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{folder / CARD_FILE} is not readable JSON: {err}") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise ConfigError(f"{folder / CARD_FILE} is not a mer-residual model card (no \"format\": \"{CARD_FORMAT}\")")
+    if card.get("kit_version") != mer_utils.__version__:
+        raise ConfigError(f"model folder {folder} was written by mer-residual {card.get('kit_version')}, this is "
+                          f"{mer_utils.__version__}: its preprocessing or model may differ; retrain it with `mer train`")
+    try:
+        spec, preprocessing, classes = card["model"], card["preprocessing"], tuple(card["classes"])
+        config = TrainConfig(image_size=spec["image_size"], cgpo=spec["cgpo"], grid=spec["grid"], alpha=spec["alpha"],
+                             backbone=spec["backbone"], head_channels=spec["head_channels"], embed_dim=spec["embed_dim"],
+                             classes=classes, device="cpu", progress=False)
+        for name in ("method", "n_key", "face_crop", "size"):
+            preprocessing[name]
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"{folder / CARD_FILE} lacks the field {err} of a model card") from None
+    data = (folder / WEIGHTS_FILE).read_bytes()
+    expected = card.get("weights", {}).get("sha256")
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        raise ConfigError(f"{folder / WEIGHTS_FILE} does not match the checksum in {CARD_FILE} (changed or truncated)")
+    try:
+        state = load(data)
+    except Exception as err:  # safetensors raises its own error types
+        raise ConfigError(f"{folder / WEIGHTS_FILE} is not a safetensors weights file: {err}") from None
+    model = build_model(dataclasses.replace(config, pretrained_weights=None), len(classes))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"{folder / WEIGHTS_FILE} does not fit the model its card describes: {first}") from None
+    model.pretrained = bool(spec.get("pretrained"))
+    model.eval()
+    return LoadedModel(folder, card, model, config)
+
+
+def check_compatible(model: LoadedModel, protocol: str, method: str | None = None, n_key: int | None = None,
+                     face_crop: str | None = None, size: int | None = None) -> None:
+    """ConfigError naming both sides when the model's classes or preprocessing do not match
+    the requested protocol (and the preprocessing settings given, None = the model's)."""
+    from mer_utils.data import get_protocol
+
+    wanted = get_protocol(protocol)
+    if tuple(wanted.classes) != model.classes:
+        raise ConfigError(f"model {model.folder} was trained on protocol {model.card.get('protocol')} with classes "
+                          f"{', '.join(model.classes)}; protocol {wanted.name} has classes {', '.join(wanted.classes)}")
+    own = model.preprocessing
+    asked = {"method": method, "n_key": n_key, "face_crop": face_crop, "size": size}
+    differing = {k: v for k, v in asked.items() if v is not None and v != own[k]}
+    if differing:
+        detail = "; ".join(f"{k} {own[k]!r} in the model, {v!r} requested" for k, v in differing.items())
+        raise ConfigError(f"model {model.folder} was trained with other preprocessing than requested: {detail}")
+
+
+# --------------------------------------------------------------------------- clips
+
+
+@dataclass
+class Clip:
+    """A clip given by path: its frame files in order and their frame numbers (a video's
+    frames are numbered from 0 and decoded into a temporary folder)."""
+
+    path: Path
+    frames: tuple[Path, ...]
+    frame_numbers: tuple[int, ...]
+    is_video: bool = False
+
+
+@contextlib.contextmanager
+def read_clip(path: str | Path) -> Iterator[Clip]:
+    """The clip at ``path``: a folder of numbered images (``img46.jpg``, ``006_05562.jpg``,
+    ``image000123.bmp``, ``frame_0001.png``, ...) or a video file (``VIDEO_EXTENSIONS``,
+    through OpenCV, frames numbered from 0). A context manager: a video's decoded frames
+    are removed on exit. Raises DatasetError / PreprocessError naming the clip."""
+    from mer_utils.data._common import list_frames
+
+    path = Path(path)
+    if path.is_dir():
+        try:
+            frames, numbers = list_frames(path)
+        except DatasetError as err:
+            raise DatasetError(f"clip {path}: {err}") from None
+        yield Clip(path, frames, numbers)
+        return
+    if not path.exists():
+        raise DatasetError(f"clip {path} does not exist (expected a folder of frame images or a video file)")
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise DatasetError(f"clip {path} is neither a folder of frame images nor a video file "
+                           f"({', '.join(VIDEO_EXTENSIONS)})")
+    with tempfile.TemporaryDirectory(prefix="mer_clip_") as folder:
+        frames = decode_video(path, Path(folder))
+        yield Clip(path, tuple(frames), tuple(range(len(frames))), is_video=True)
+
+
+def decode_video(path: Path, folder: Path) -> list[Path]:
+    """Every frame of the video ``path`` as lossless ``frame_<n>.bmp`` in ``folder`` (n from 0)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # quiet: a bad file is reported once, below
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    try:
+        if not capture.isOpened():
+            raise PreprocessError(f"clip {path}: OpenCV cannot open this video (unreadable or unknown codec)")
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            target = folder / f"frame_{len(frames):06d}.bmp"
+            if not cv2.imwrite(str(target), frame):
+                raise PreprocessError(f"clip {path}: cannot write decoded frame {target}")
+            frames.append(target)
+    finally:
+        capture.release()
+    if not frames:
+        raise PreprocessError(f"clip {path}: no frame could be decoded (unreadable video or unknown codec)")
+    return frames
+
+
+def write_video(frames: Sequence[str | Path], path: str | Path, fps: float = 30.0) -> Path:
+    """Write frame image files as a video (the codec from the suffix: ``.avi`` lossless FFV1,
+    ``.mp4``/``.mov`` MPEG-4 part 2, ``.mkv`` FFV1); for demos and tests of ``predict_clip``."""
+    import cv2
+
+    path = Path(path)
+    codec = {".avi": "FFV1", ".mkv": "FFV1", ".mp4": "mp4v", ".mov": "mp4v"}.get(path.suffix.lower())
+    if codec is None:
+        raise ConfigError(f"write_video: suffix of {path} is not one of .avi, .mkv, .mp4, .mov")
+    first = cv2.imread(str(frames[0]), cv2.IMREAD_COLOR) if frames else None
+    if first is None:
+        raise PreprocessError(f"write_video: cannot read the first frame {frames[0] if frames else '(none given)'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (first.shape[1], first.shape[0]))
+    if not writer.isOpened():
+        raise PreprocessError(f"write_video: OpenCV cannot write {codec} video {path}")
+    try:
+        for frame_path in frames:
+            frame = cv2.imread(str(frame_path), cv2.IMREAD_COLOR)
+            if frame is None or frame.shape != first.shape:
+                raise PreprocessError(f"write_video: frame {frame_path} is unreadable or not {first.shape[1]}x{first.shape[0]}")
+            writer.write(frame)
+    finally:
+        writer.release()
+    return path
+
+
+def clip_sample(clip: Clip, onset: int | None = None, apex: int | None = None, offset: int | None = None) -> Sample:
+    """The Sample of a clip with the window checked: onset/offset default to the first/last
+    frame; ``apex`` None is left to the caller (set here to the onset as a placeholder)."""
+    name, numbers = clip.path, clip.frame_numbers
+    if len(numbers) < 2:
+        raise PreprocessError(f"clip {name}: has {len(numbers)} frame(s); at least 2 are needed (onset and a later frame)")
+    onset = numbers[0] if onset is None else int(onset)
+    offset = numbers[-1] if offset is None else int(offset)
+    if onset > offset:
+        raise PreprocessError(f"clip {name}: onset {onset} is after offset {offset}")
+    on_disk = set(numbers)
+    for what, number in (("onset", onset), ("apex", apex), ("offset", offset)):
+        if number is not None and number not in on_disk:
+            raise PreprocessError(f"clip {name}: {what} frame {number} is outside the clip "
+                                  f"(its frames are {numbers[0]}..{numbers[-1]}, {len(numbers)} files)")
+    if apex is not None and not onset <= apex <= offset:
+        raise PreprocessError(f"clip {name}: apex {apex} is outside the window onset {onset}..offset {offset}")
+    if offset == onset:
+        raise PreprocessError(f"clip {name}: onset and offset are both frame {onset}; the window needs 2 frames")
+    return Sample(dataset=CLIP_DATASET, subject=clip.path.parent.name or "-", clip=clip.path.name, emotion="",
+                  onset=onset, apex=onset if apex is None else int(apex), offset=offset, apex_inferred=apex is None,
+                  frames=clip.frames, frame_numbers=clip.frame_numbers)
+
+
+@dataclass
+class ClipPrediction:
+    """What ``predict_clip`` found: the class, each class's probability, the window, where
+    the apex came from, and the pictures the notebook shows."""
+
+    clip: str
+    label: str
+    probabilities: dict[str, float]
+    onset: int
+    apex: int
+    offset: int
+    apex_source: str  # "annotated" (given) or "spotted"
+    image: np.ndarray = field(repr=False)  # the preprocessed (ARS, ...) image fed to CropNet
+    curve: object = field(default=None, repr=False)  # spotting.SpottedApex when spotted
+    key_frames: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"clip": self.clip, "label": self.label,
+                "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+                "onset": self.onset, "apex": self.apex, "offset": self.offset, "apex_source": self.apex_source}
+
+
+def predict_clip(model: LoadedModel, path: str | Path, onset: int | None = None, apex: int | None = None,
+                 offset: int | None = None) -> ClipPrediction:
+    """Class probabilities of the clip at ``path`` (``read_clip``): window onset..offset (the
+    whole clip by default), apex as given or spotted (``spotting.spot_sample_apex``), then the
+    model's preprocessing (eq. 1-4, face alignment, method) and CropNet."""
+    from mer_utils.preprocess import preprocess_sample, sample_window
+    from mer_utils.spotting import spot_sample_apex
+    from mer_utils.train import predict_probs
+
+    prep = model.preprocessing
+    with read_clip(path) as clip:
+        sample = clip_sample(clip, onset, apex, offset)
+        try:
+            spotted = None
+            if apex is None:
+                spotted = spot_sample_apex(sample, face_crop=prep["face_crop"])  # as load_samples(apex="spotted")
+                sample = sample.replace(apex=spotted.apex)
+            _, keys = sample_window(sample, prep["n_key"])
+            image = preprocess_sample(sample, prep["method"], n_key=prep["n_key"], face_crop=prep["face_crop"],
+                                      size=prep["size"])
+        except MerError as err:
+            message = str(err).replace(f"clip {sample.key}", f"clip {clip.path}")
+            if clip.is_video:  # name the video's frame, not the temporary file it was decoded to
+                decoded = re.escape(str(clip.frames[0].parent)) + r"/frame_0*(\d+)\.bmp"
+                message = re.sub(decoded, lambda m: f"(video frame {int(m.group(1))})", message)
+            raise type(err)(message if str(clip.path) in message else f"clip {clip.path}: {message}") from None
+    probs = predict_probs(model.model, [image], model.config)[0]
+    classes = model.classes
+    return ClipPrediction(clip=str(Path(path)), label=classes[int(np.argmax(probs))],
+                          probabilities={c: float(p) for c, p in zip(classes, probs)},
+                          onset=sample.onset, apex=sample.apex, offset=sample.offset,
+                          apex_source="annotated" if apex is not None else "spotted",
+                          image=image, curve=spotted, key_frames=list(keys))
+
+
+def format_prediction(prediction: ClipPrediction) -> str:
+    """Printable: the class, then each class's probability, and the window."""
+    lines = [f"{prediction.clip}: {prediction.label}"]
+    for name, p in sorted(prediction.probabilities.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {name:<12} {p:.4f}")
+    lines.append(f"  window: onset {prediction.onset}, apex {prediction.apex} ({prediction.apex_source}), "
+                 f"offset {prediction.offset}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- a whole data root
+
+
+def predict_protocol(model: LoadedModel, root: str | Path, protocol: str, megc_list: str | Path | None = None,
+                     apex: str | None = None, cache_dir: str | Path | None = None, workers: int | None = 1,
+                     method: str | None = None, n_key: int | None = None, face_crop: str | None = None,
+                     progress: bool = False) -> pd.DataFrame:
+    """Predict every sample of ``protocol`` under ``root``: the kit's predictions table
+    (dataset, subject, clip, true_label, pred_label, prob_<class>..., then apex), which
+    ``evaluate.write_predictions`` writes and ``mer metrics`` scores. ``apex`` None: the
+    model card's. Refused (ConfigError) when the model does not fit the protocol."""
+    from mer_utils.data import load_samples
+    from mer_utils.preprocess import load_image, preprocess_samples
+    from mer_utils.train import predict_probs
+
+    check_compatible(model, protocol, method, n_key, face_crop)
+    prep = model.preprocessing
+    root = Path(root).expanduser().resolve()
+    cache_dir = Path(cache_dir) if cache_dir else root.parent / "interim" / "cache"
+    samples = load_samples(root, protocol, megc_list=megc_list, apex=apex or model.card.get("apex", "annotated"),
+                           face_crop=prep["face_crop"])
+    result = preprocess_samples(samples, method=prep["method"], cache_dir=cache_dir, n_key=prep["n_key"],
+                                face_crop=prep["face_crop"], size=prep["size"], workers=workers, progress=progress)
+    probs = predict_probs(model.model, [load_image(result.paths[s.key]) for s in samples], model.config)
+    classes = model.classes
+    frame = pd.DataFrame({
+        "dataset": [s.dataset for s in samples],
+        "subject": [s.subject_id for s in samples],
+        "clip": [s.clip for s in samples],
+        "true_label": [s.label for s in samples],
+        "pred_label": [classes[i] for i in probs.argmax(axis=1)] if len(samples) else [],
+    })
+    for index, name in enumerate(classes):
+        frame[f"prob_{name}"] = probs[:, index] if len(samples) else []
+    frame["apex"] = [s.apex for s in samples]
+    return frame
+
+
+# --------------------------------------------------------------------------- explanation
+
+
+def tile_influence(model: LoadedModel, image: np.ndarray) -> pd.DataFrame:
+    """For each CGPO image z0..z9 (z0 the down-sampled whole face, z1..z9 the tiles): the
+    predicted class's probability with that image blanked (set to the normalised mean, i.e.
+    0, before the backbone) and its drop from the unblanked probability. Rows in z order."""
+    import torch
+
+    from mer_utils.train import build_transform
+
+    net = model.model
+    transform = build_transform(model.config.image_size, augment=False)
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    with torch.inference_mode():
+        views = net.views(transform(tensor)[None])
+        full = torch.softmax(net.forward_views(views).float(), dim=1)[0]
+        predicted = int(full.argmax())
+        blanked = views.repeat(views.shape[1], 1, 1, 1, 1)
+        for index in range(views.shape[1]):
+            blanked[index, index] = 0.0
+        probs = torch.softmax(net.forward_views(blanked).float(), dim=1)[:, predicted]
+    names = [f"z{i}" for i in range(views.shape[1])]
+    return pd.DataFrame({"image": names, "probability blanked": probs.numpy(),
+                         "drop": float(full[predicted]) - probs.numpy()}).set_index("image")
+
+
+# --------------------------------------------------------------------------- notebook 08 and benchmarks
+
+
+def card_table(model: LoadedModel) -> pd.DataFrame:
+    """The model card as a two-column table (field, value) for a report."""
+    card = model.card
+    rows = {
+        "classes": ", ".join(card["classes"]),
+        "protocol": card["protocol"],
+        "apex": card.get("apex", "annotated"),
+        "preprocessing": ", ".join(f"{k} {v}" for k, v in card["preprocessing"].items()),
+        "backbone": f"{card['model']['backbone']} ({'ImageNet ' + str(card['model']['pretrained_weights']) if card['model']['pretrained'] else 'from scratch'})",
+        "CropNet input": f"{card['model']['image_size']} px, CGPO {'on' if card['model']['cgpo'] else 'off'}",
+        "training": f"{card['training']['epochs']} epochs, batch {card['training']['batch_size']}, lr {card['training']['lr']}, "
+                    f"seed {card['training']['seed']}, final loss {card['training']['epoch_losses'][-1]:.4f}",
+        "training data": f"{card['training_data']['n_samples']} samples of {card['training_data']['n_subjects']} subjects, "
+                         f"{card['training_data']['description']}",
+        "kit version, created": f"{card['kit_version']}, {card['created']}",
+    }
+    return pd.DataFrame({"value": rows}).rename_axis("field")
+
+
+def unseen_synthetic(out: str | Path, protocol: str, seed: int = 1, subjects: int | None = None) -> Path:
+    """A synthetic set with another seed (new faces) holding the protocol's datasets, written
+    once into ``out`` (reused when already there with the same parameters)."""
+    from mer_utils.data import get_protocol
+    from mer_utils.synth import make_synthetic
+
+    make_synthetic(out, datasets=get_protocol(protocol).datasets, seed=seed, subjects=subjects, workers=1,
+                   progress=False)
+    return Path(out)
+
+
+def predict_videos(model: LoadedModel, samples: Sequence[Sample], folder: str | Path, suffix: str = ".avi",
+                   fps: float = 30.0) -> pd.DataFrame:
+    """Each sample's frames from onset to offset written as one video in ``folder`` and
+    predicted with ``predict_clip`` (whole video as the window, apex spotted): the kit's
+    predictions table, plus the spotted, annotated (NaN where none) and middle-frame apex in
+    the dataset's frame numbers, and the video's path."""
+    from mer_utils.preprocess import infer_apex
+
+    folder = Path(folder)
+    rows = []
+    for sample in samples:
+        numbers = [n for n in sample.frame_numbers if sample.onset <= n <= sample.offset]
+        video = write_video([sample.frame_path(n) for n in numbers], folder / f"{sample.key.replace('/', '_')}{suffix}",
+                            fps=fps)
+        prediction = predict_clip(model, video)
+        rows.append({"dataset": sample.dataset, "subject": sample.subject_id, "clip": sample.clip,
+                     "true_label": sample.label, "pred_label": prediction.label,
+                     **{f"prob_{c}": prediction.probabilities[c] for c in model.classes},
+                     "apex_spotted": numbers[prediction.apex],
+                     "apex_annotated": float("nan") if sample.apex_inferred else float(sample.apex),
+                     "apex_middle": infer_apex(sample.onset, sample.offset), "video": str(video)})
+    return pd.DataFrame(rows)
+
+
+def prediction_figure(prediction: ClipPrediction, crops: dict[str, np.ndarray], title: str = "",
+                      frame_numbers: Sequence[int] | None = None):
+    """One figure: the aligned frames given (e.g. onset, apex, offset), the spotting curve
+    with the apex marked, the preprocessed image fed to CropNet, and the class probabilities.
+    ``frame_numbers``: the clip's own frame numbers of a video's frames 0, 1, ... (for the axis)."""
+    from matplotlib.figure import Figure
+
+    panels = len(crops) + 3
+    fig = Figure(layout="constrained", figsize=(2.6 * panels, 2.9))
+    axes = fig.subplots(1, panels)
+    for ax, (name, image) in zip(axes, crops.items()):
+        ax.imshow(image)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    ax = axes[len(crops)]
+    spotted = prediction.curve
+    number = (lambda n: frame_numbers[n]) if frame_numbers is not None else (lambda n: n)  # noqa: E731
+    if spotted is not None:
+        x = [number(n) for n in spotted.frame_numbers]
+        ax.plot(x, spotted.raw, color="0.6", label="d(t)")
+        ax.plot(x, spotted.smoothed, color="C0", linestyle=":", label="smoothed")
+        ax.axvline(number(prediction.apex), color="C3", linestyle="--", label=f"apex {number(prediction.apex)}")
+        ax.legend(fontsize=7)
+    ax.set_title(f"apex ({prediction.apex_source})", fontsize=9)
+    ax.set_xlabel("frame", fontsize=8)
+    ax = axes[len(crops) + 1]
+    ax.imshow(prediction.image)
+    ax.set_title("CropNet input (preprocessed)", fontsize=9)
+    ax.axis("off")
+    ax = axes[len(crops) + 2]
+    names = list(prediction.probabilities)
+    values = [prediction.probabilities[n] for n in names]
+    ax.barh(names, values, color=["C3" if n == prediction.label else "C0" for n in names])
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_title(f"predicted: {prediction.label}", fontsize=9)
+    ax.tick_params(labelsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def influence_figure(influence: pd.DataFrame, label: str, title: str = ""):
+    """Bars: the drop of the predicted class's probability when each CGPO image is blanked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(layout="constrained", figsize=(6.5, 3.0))
+    ax = fig.add_subplot()
+    drops = influence["drop"]
+    ax.bar(influence.index, drops, color=["C3" if d > 0 else "C0" for d in drops])
+    ax.axhline(0, color="0.3", linewidth=0.8)
+    ax.set_ylabel(f"drop of p({label})")
+    ax.set_title(title or f"blanking each CGPO image: change of p({label})", fontsize=10)
+    return fig

@@ -1,0 +1,179 @@
+"""Train on a whole protocol, export a model folder, load it, predict clips (frame folders and
+videos) and data roots; every bad input is one clear line naming the clip or folder."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+import mer_utils
+from mer_utils.cli import main
+from mer_utils.data import load_samples
+from mer_utils.errors import ConfigError, DatasetError, PreprocessError
+from mer_utils.evaluate import metrics_from_file
+from mer_utils.inference import (CARD_FILE, WEIGHTS_FILE, load_model, predict_clip, predict_protocol, read_clip,
+                                 tile_influence, train_protocol, write_video)
+from mer_utils.synth import make_synthetic
+
+pytestmark = pytest.mark.slow
+TINY = dict(epochs=1, image_size=32, preprocess_size=48, batch_size=8, max_threads=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A model trained on a tiny synthetic CASME II (2 subjects), and unseen clips (seed 1)."""
+    base = tmp_path_factory.mktemp("predict")
+    make_synthetic(base / "data", datasets=("casme2",), subjects=2, workers=1, progress=False)
+    make_synthetic(base / "unseen", datasets=("casme2",), subjects=1, seed=1, workers=1, progress=False)
+    model_dir = train_protocol(base / "data", "casme2-5class", base / "model", **TINY)
+    unseen = load_samples(base / "unseen", "casme2-5class")
+    return base, model_dir, unseen
+
+
+def test_model_folder_describes_itself(setup):
+    base, model_dir, _ = setup
+    assert (model_dir / WEIGHTS_FILE).is_file()
+    card = json.loads((model_dir / CARD_FILE).read_text())
+    assert card["classes"] == ["others", "disgust", "happiness", "repression", "surprise"]
+    assert card["protocol"] == "casme2-5class" and card["kit_version"] == mer_utils.__version__
+    assert card["preprocessing"] == {"method": "ars", "n_key": 5, "face_crop": "dlib", "size": 48,
+                                     "preprocess_version": 1}
+    assert card["model"]["backbone"] == "rexnet_100" and card["model"]["pretrained_weights"] is None
+    assert card["model"]["image_size"] == 32 and card["training"]["epochs"] == 1
+    data = card["training_data"]
+    assert data["synthetic"] is True and data["n_samples"] == 13 and data["n_subjects"] == 2
+    assert "synthetic data" in data["description"] and card["created"]
+    with pytest.raises(ConfigError, match="already holds a model"):
+        train_protocol(base / "data", "casme2-5class", model_dir, **TINY)
+
+
+def test_predict_a_frame_folder_and_the_same_clip_as_a_video(setup, tmp_path):
+    _, model_dir, unseen = setup
+    model = load_model(model_dir)
+    sample = unseen[0]
+    folder = sample.frames[0].parent
+    from_frames = predict_clip(model, folder)
+    assert from_frames.label in model.classes and from_frames.apex_source == "spotted"
+    assert sum(from_frames.probabilities.values()) == pytest.approx(1.0)
+    assert (from_frames.onset, from_frames.offset) == (sample.frame_numbers[0], sample.frame_numbers[-1])
+    video = write_video(sample.frames, tmp_path / "clip.avi")  # lossless FFV1: the same pixels
+    from_video = predict_clip(model, video)
+    assert from_video.onset == 0 and from_video.offset == sample.n_frames - 1
+    assert from_video.apex - from_video.onset == from_frames.apex - from_frames.onset
+    assert np.allclose(list(from_video.probabilities.values()), list(from_frames.probabilities.values()), atol=1e-5)
+    given = predict_clip(model, folder, onset=sample.onset, apex=sample.apex, offset=sample.offset)
+    assert given.apex == sample.apex and given.apex_source == "annotated"
+    influence = tile_influence(model, from_frames.image)
+    assert list(influence.index) == [f"z{i}" for i in range(10)]
+    assert influence["probability blanked"].between(0, 1).all()
+
+
+def test_cli_train_then_predict_json_and_a_data_root(setup, tmp_path, capsys):
+    base, model_dir, unseen = setup
+    clip = unseen[1].frames[0].parent
+    assert main(["predict", "--model", str(model_dir), "--clip", str(clip), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert set(record) >= {"label", "probabilities", "onset", "apex", "offset", "apex_source"}
+    assert record["apex_source"] == "spotted" and set(record["probabilities"]) == set(load_model(model_dir).classes)
+    assert main(["predict", "--model", str(model_dir), "--clip", str(clip)]) == 0
+    assert "window: onset" in capsys.readouterr().out
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", "--model", str(model_dir), "--root", str(base / "unseen"),
+                 "--protocol", "casme2-5class", "--out", str(out)]) == 0
+    assert metrics_from_file(out)["n"] == len(unseen)
+    assert main(["metrics", str(out)]) == 0
+    frame = predict_protocol(load_model(model_dir), base / "unseen", "casme2-5class", apex="spotted")
+    assert len(frame) == len(unseen) and list(frame.columns[:5]) == ["dataset", "subject", "clip", "true_label",
+                                                                     "pred_label"]
+
+
+def test_cli_train_writes_a_model(setup, tmp_path, capsys):
+    base, _, _ = setup
+    code = main(["train", "--root", str(base / "unseen"), "--protocol", "casme2-5class", "--epochs", "1",
+                 "--image-size", "32", "--preprocess-size", "48", "--batch-size", "8", "--threads", "1",
+                 "--out", str(tmp_path / "m")])
+    assert code == 0 and "model in" in capsys.readouterr().out
+    assert load_model(tmp_path / "m").card["training_data"]["n_subjects"] == 1
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def error_line(capsys, argv) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_bad_clips_are_one_line_naming_the_clip(setup, tmp_path, capsys):
+    _, model_dir, unseen = setup
+    model = ["predict", "--model", str(model_dir), "--clip"]
+    one = tmp_path / "one_frame"
+    one.mkdir()
+    shutil.copy(unseen[0].frames[0], one / "img1.jpg")
+    assert str(one) in error_line(capsys, model + [str(one)]) and "at least 2" in error_line(capsys, model + [str(one)])
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("not a video")
+    line = error_line(capsys, model + [str(broken)])
+    assert str(broken) in line and "video" in line
+    folder = str(unseen[0].frames[0].parent)
+    first, last = unseen[0].frame_numbers[0], unseen[0].frame_numbers[-1]
+    line = error_line(capsys, model + [folder, "--onset", str(last), "--offset", str(first)])
+    assert folder in line and f"onset {last} is after offset {first}" in line
+    line = error_line(capsys, model + [folder, "--offset", str(last + 50)])
+    assert folder in line and "outside the clip" in line
+    blank = tmp_path / "no_face"
+    blank.mkdir()
+    rng = np.random.default_rng(0)
+    for n in range(1, 13):
+        cv2.imwrite(str(blank / f"frame{n:03d}.png"), rng.integers(100, 110, (120, 160, 3), dtype=np.uint8))
+    line = error_line(capsys, model + [str(blank)])
+    assert str(blank) in line and "no face" in line
+    faceless = write_video(sorted(blank.iterdir()), tmp_path / "no_face.avi")
+    line = error_line(capsys, model + [str(faceless)])
+    assert str(faceless) in line and "no face found in start frame (video frame 0)" in line
+    line = error_line(capsys, model + [str(tmp_path / "missing")])
+    assert "does not exist" in line
+
+
+def test_bad_model_folders_are_refused(setup, tmp_path, capsys):
+    base, model_dir, unseen = setup
+    clip = str(unseen[0].frames[0].parent)
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    card = json.loads((old / CARD_FILE).read_text())
+    card["kit_version"] = "0.0.1"
+    (old / CARD_FILE).write_text(json.dumps(card))
+    line = error_line(capsys, ["predict", "--model", str(old), "--clip", clip])
+    assert str(old) in line and "0.0.1" in line and mer_utils.__version__ in line
+    partial = tmp_path / "partial"
+    shutil.copytree(model_dir, partial)
+    (partial / WEIGHTS_FILE).unlink()
+    line = error_line(capsys, ["predict", "--model", str(partial), "--clip", clip])
+    assert "incomplete" in line and WEIGHTS_FILE in line
+    line = error_line(capsys, ["predict", "--model", str(model_dir), "--root", str(base / "unseen"),
+                               "--protocol", "megc2019", "--out", str(tmp_path / "p.csv")])
+    assert "casme2-5class" in line and "megc2019" in line and "negative" in line and "others" in line
+    line = error_line(capsys, ["predict", "--model", str(model_dir), "--root", str(base / "unseen"),
+                               "--protocol", "casme2-5class", "--method", "rrs", "--out", str(tmp_path / "p.csv")])
+    assert "'ars' in the model" in line and "'rrs' requested" in line
+
+
+def test_read_clip_errors(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError, match="neither a folder"):
+        with read_clip(tmp_path / "notes.txt"):
+            pass
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="holds no frame images"):
+        with read_clip(empty):
+            pass
+    with pytest.raises(PreprocessError, match="cannot read the first frame"):
+        write_video([tmp_path / "nothing.png"], tmp_path / "v.avi")
