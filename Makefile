@@ -4,10 +4,22 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Where the data lives: the synthetic default, or a folder holding CASME2/, SAMM/, SMIC/.
-DATA_ROOT ?= data/synthetic
-# Parameter profile: tiny and CPU-fast on the synthetic default, the paper's sizes otherwise.
-ifeq ($(DATA_ROOT),data/synthetic)
+# Seed of the synthetic data: `make demo SEED=3` generates data/synthetic-seed3 and runs the
+# same demo on it (runs and reports in their own folders), to check a result is not one seed's.
+SEED ?= 0
+ifeq ($(SEED),0)
+SYNTH_DIR := data/synthetic
+RUNS_DIR := papermill_runs
+REPORTS_DIR := reports
+else
+SYNTH_DIR := data/synthetic-seed$(SEED)
+RUNS_DIR := papermill_runs/seed$(SEED)
+REPORTS_DIR := reports/seed$(SEED)
+endif
+# Where the data lives: the synthetic data, or a folder holding CASME2/, SAMM/, SMIC/.
+DATA_ROOT ?= $(SYNTH_DIR)
+# Parameter profile: small and CPU-fast on synthetic data, the paper's settings otherwise.
+ifeq ($(DATA_ROOT),$(SYNTH_DIR))
 PROFILE ?= synthetic-cpu
 else
 PROFILE ?= full-gpu
@@ -28,11 +40,11 @@ test: install
 
 # Synthetic data in the three datasets' native layouts (skipped when already there).
 synth: install
-	@if [ -d data/synthetic/CASME2 ]; then echo "data/synthetic exists: reusing it"; \
-	else $(PY) -m mer_utils synth --out data/synthetic; fi
+	@if [ -d $(SYNTH_DIR)/CASME2 ]; then echo "$(SYNTH_DIR) exists: reusing it"; \
+	else $(PY) -m mer_utils synth --out $(SYNTH_DIR) --seed $(SEED); fi
 
 # The main job: every notebook through papermill into papermill_runs/, HTML into reports/.
 demo: synth reproduce
 
 reproduce: install
-	$(PY) -m mer_utils reproduce --data-root $(DATA_ROOT) --profile $(PROFILE)
+	$(PY) -m mer_utils reproduce --data-root $(DATA_ROOT) --profile $(PROFILE) --runs-dir $(RUNS_DIR) --reports-dir $(REPORTS_DIR)

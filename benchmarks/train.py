@@ -118,6 +118,55 @@ def fold_wall_time(n_samples: int = 40, n_subjects: int = 8, size: int = 64, epo
     return result.wall_time_s, result.epoch_losses
 
 
+def _old_transform(image_size: int, augment: bool):
+    """The pipeline before this benchmark's change: the paper's augmentation on the cached
+    (preprocess_size) image, then a resize per batch."""
+    from torchvision.transforms import v2
+
+    from mer_utils.train import IMAGENET_MEAN, IMAGENET_STD
+
+    steps = []
+    if augment:
+        steps += [v2.ColorJitter(brightness=(0.2, 1.8), contrast=(0.2, 1.8), saturation=(0.2, 1.8), hue=(-0.5, 0.5)),
+                  v2.RandomGrayscale(p=0.2), v2.RandomHorizontalFlip(p=0.5), v2.RandomRotation(15)]
+    steps += [v2.Resize((image_size, image_size), antialias=True), v2.ToDtype(torch.float32, scale=True),
+              v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return v2.Compose(steps)
+
+
+def demo_fold(old: bool) -> tuple[float, int]:
+    """One LOSO fold at the synthetic demo's size (``reproduce.PROFILES["synthetic-cpu"]``:
+    37 CASME II-sized samples over 6 subjects, cached images of preprocess_size resized to
+    image_size, the profile's epochs and batch); ``old``: augmentation before the resize
+    (the pipeline before). Returns (seconds, sample passes)."""
+    import mer_utils.train as train_module
+    from mer_utils.reproduce import PROFILES
+
+    profile = PROFILES["synthetic-cpu"]
+    rng = np.random.default_rng(0)
+    classes = ("others", "disgust", "happiness", "repression", "surprise")
+    samples, images = [], {}
+    for i in range(37):
+        label = classes[i % len(classes)]
+        sample = Sample("casme2", f"sub{i % 6 + 1:02d}", f"EP{i:02d}", label, 1, 5, 9, False, (), (), label=label)
+        samples.append(sample)
+        side = profile["preprocess_size"]
+        images[sample.key] = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    config = TrainConfig(epochs=profile["epochs"], image_size=profile["image_size"], batch_size=profile["batch_size"],
+                         lr=profile["lr"], classes=classes, progress=False, device="cpu",
+                         max_threads=torch.get_num_threads())
+    saved = train_module.build_transform, train_module._as_tensors
+    if old:
+        as_tensors = saved[1]
+        train_module.build_transform = _old_transform
+        train_module._as_tensors = lambda samples, images, size=None: as_tensors(samples, images)
+    try:
+        result = train_fold(samples, "sub01", config, images)
+    finally:
+        train_module.build_transform, train_module._as_tensors = saved
+    return result.wall_time_s, result.n_train * config.epochs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=2, help="timed steps per configuration")
@@ -125,6 +174,7 @@ def main() -> None:
     parser.add_argument("--memory-batches", type=int, nargs="*", default=[2, 4, 8],
                         help="batch sizes >= 2 (ReXNet's SE BatchNorm cannot train on one image)")
     parser.add_argument("--skip-fold", action="store_true")
+    parser.add_argument("--demo-fold-only", action="store_true", help="only the demo-size fold, now and before")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--memory-child", nargs=3, type=int, metavar=("SIZE", "CGPO", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -136,6 +186,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("\none LOSO fold at the synthetic demo's size (profile synthetic-cpu), side by side:")
+    timings = {}
+    for old in (True, False):
+        seconds, passes = demo_fold(old)
+        timings[old] = seconds
+        print(f"  {'before: augment the cached image, then resize' if old else 'now: resize once, then augment'}: "
+              f"{seconds:.1f} s ({1000 * seconds / passes:.0f} ms per training sample pass)")
+    print(f"  ratio now / before: {timings[False] / timings[True]:.2f}")
+    if args.demo_fold_only:
+        return
     for cgpo in (True, False):
         total = count_parameters(CropNet(num_classes=5, cgpo=cgpo))
         print(f"parameters (5 classes, cgpo={cgpo}): {total:,} ({total / 1e6:.2f} M; paper {PAPER_PARAMETERS / 1e6:.1f} M)")

@@ -43,15 +43,15 @@ def _megc_list(value: Path | None):
     return value
 
 
-def _add_training_args(p: argparse.ArgumentParser) -> None:
-    """The experiment's settings; every default is the configuration's (mer_utils.config)."""
+def _add_training_args(p: argparse.ArgumentParser, methods: tuple[str, ...] | None = None) -> None:
+    """The experiment's settings (loso and train); every default is the configuration's (mer_utils.config)."""
     from mer_utils.config import CROPNET_METHODS, METHODS
     from mer_utils.face import FACE_CROP, FACE_CROPS
     from mer_utils.preprocess import N_KEY, PREPROCESS_SIZE
     from mer_utils.train import TrainConfig
 
     train = TrainConfig()
-    p.add_argument("--method", default=CROPNET_METHODS[0], choices=METHODS)
+    p.add_argument("--method", default=CROPNET_METHODS[0], choices=methods or METHODS)
     p.add_argument("--epochs", type=int, default=None,
                    help=f"training epochs, fixed before the run (default {train.epochs})")
     p.add_argument("--lr", type=float, default=None, help=f"AdamP peak learning rate (default {train.lr:g})")
@@ -168,8 +168,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.root, args.protocol, args.out, method=args.method, megc_list=_megc_list(args.megc_list),
         apex=args.apex, epochs=args.epochs, image_size=args.image_size, preprocess_size=args.preprocess_size,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, n_key=args.n_key, cgpo=False if args.no_cgpo else None,
-        face_crop=args.face_crop, cache_dir=args.cache_dir, pretrained_weights=args.pretrained_weights,
-        workers=args.workers, max_threads=args.threads, overwrite=args.overwrite)
+        face_crop=args.face_crop, backbone=args.backbone, cache_dir=args.cache_dir,
+        pretrained_weights=args.pretrained_weights, workers=args.workers, max_threads=args.threads,
+        overwrite=args.overwrite)
     card = load_model(folder).card
     data = card["training_data"]
     print(f"model in {folder}: CropNet ({card['preprocessing']['method']}) on {data['n_samples']} samples of "
@@ -301,21 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train CropNet on every sample of a protocol, export a model folder")
     _add_data_args(p)
     _add_apex_arg(p)
-    p.add_argument("--method", default="ars", choices=("ars", "rrs", "farneback", "tvl1"))
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: TrainConfig's)")
-    p.add_argument("--image-size", type=int, default=None, help="CropNet input side")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TrainConfig's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-key", type=int, default=None, help="number of key frames (default 5)")
-    p.add_argument("--preprocess-size", type=int, default=None,
-                   help="side of the cached preprocessed images (default 320)")
-    p.add_argument("--face-crop", default=None, choices=("dlib", "none"))
-    p.add_argument("--no-cgpo", action="store_true", help="single-image ablation variant")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="preprocessing cache (default: <root>/../interim/cache)")
-    p.add_argument("--pretrained-weights", type=Path, default=None,
-                   help="local ImageNet ReXNet weights file (default: train from scratch)")
+    _add_training_args(p, methods=CROPNET_METHODS)
     p.add_argument("--workers", type=int, default=1, help="preprocessing processes")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: as is)")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
@@ -331,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=int, default=None, help="window end frame (default: the last)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--root", type=Path, default=None, help="data root: predict every sample of --protocol")
-    p.add_argument("--protocol", default=None, help=f"with --root: one of {', '.join(PROTOCOL_NAMES)}")
+    p.add_argument("--protocol", default=None, help=f"with --root: one of {', '.join(PROTOCOLS)}")
     p.add_argument("--megc-list", type=Path, default=None, help="with --root and megc2019: the sample list")
     _add_apex_arg(p, flag="--apex-mode", dest="apex_mode", default=None)
     p.add_argument("--method", default=None, help="with --root: refuse unless the model uses this method")

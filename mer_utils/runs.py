@@ -242,11 +242,14 @@ def _fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: boo
         if use_papermill:
             import papermill
 
+            from mer_utils.reproduce import kernel_manager_class
+
             fold_dir.mkdir(parents=True, exist_ok=True)
             papermill.execute_notebook(
                 str(NOTEBOOK_PATH), str(fold_dir / NOTEBOOK_PATH.name), kernel_name="python3",
                 parameters=fold_notebook_parameters(config, fold, fold_dir, torch_threads),
-                cwd=str(NOTEBOOK_PATH.parent), progress_bar=False, log_output=False)
+                cwd=str(NOTEBOOK_PATH.parent), progress_bar=False, log_output=False,
+                kernel_manager_class=kernel_manager_class())
             record = json.loads((fold_dir / FOLD_FILE).read_text())
         else:
             record = run_fold(config, fold, fold_dir, torch_threads=torch_threads or None)
@@ -287,8 +290,27 @@ def fold_threads(workers_per_host: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers_per_host))
 
 
+_KEPT_CLUSTERS: dict[int, tuple] = {}  # workers -> (cluster, client): one local cluster per process, reused
+
+
+def _close_kept_clusters() -> None:
+    for cluster, client in _KEPT_CLUSTERS.values():
+        try:
+            client.close()
+            cluster.close()
+        except Exception:  # shutting down anyway
+            pass
+    _KEPT_CLUSTERS.clear()
+
+
 def _open_client(scheduler: str | None, workers: int | None, n_folds: int):
-    """(client, cluster or None, torch threads per fold); the caller closes both."""
+    """(client, owned, torch threads per fold); the caller closes the client when ``owned``.
+
+    A local cluster is started once per process and number of workers and kept for the next
+    experiments (a notebook runs many: no new worker processes, no new torch import each time);
+    it closes when the process ends."""
+    import atexit
+
     import dask
     from distributed import Client, LocalCluster
 
@@ -296,18 +318,25 @@ def _open_client(scheduler: str | None, workers: int | None, n_folds: int):
     if address:
         client = Client(address)
         hosts = [w.get("host") for w in client.scheduler_info().get("workers", {}).values()]
-        return client, None, fold_threads(max((hosts.count(h) for h in set(hosts)), default=1))
+        return client, True, fold_threads(max((hosts.count(h) for h in set(hosts)), default=1))
     n_workers = workers or max(1, min(os.cpu_count() or 1, n_folds))
+    kept = _KEPT_CLUSTERS.get(n_workers)
+    if kept is not None and kept[1].status == "running" and len(kept[1].scheduler_info().get("workers", {})):
+        return kept[1], False, fold_threads(n_workers)
     # Not daemonic (a fold may start processes: a notebook kernel, DataLoader workers), and
-    # without Dask's default MALLOC_TRIM_THRESHOLD_=65536 for worker processes, which made a CropNet fold about twice as slow here (glibc returns freed
-    # memory to the OS after every torch allocation).
+    # without Dask's default MALLOC_TRIM_THRESHOLD_=65536 for worker processes, which made a CropNet fold about
+    # twice as slow here (glibc returns freed memory to the OS after every torch allocation).
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     with dask.config.set({"distributed.worker.daemon": False,
                           "distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                dashboard_address=":0", memory_limit=0, silence_logs=logging.ERROR)
-    return Client(cluster), cluster, fold_threads(n_workers)
+    client = Client(cluster)
+    if not _KEPT_CLUSTERS:
+        atexit.register(_close_kept_clusters)
+    _KEPT_CLUSTERS[n_workers] = (cluster, client)
+    return client, False, fold_threads(n_workers)
 
 
 def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, use_papermill, progress):
@@ -315,7 +344,7 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
     from distributed import as_completed
     from tqdm.auto import tqdm
 
-    client, cluster, threads = _open_client(scheduler, workers, len(pending))
+    client, owned, threads = _open_client(scheduler, workers, len(pending))
     failures: dict[str, str] = {}
     try:
         gpu = any("GPU" in w.get("resources", {}) for w in client.scheduler_info().get("workers", {}).values())
@@ -335,9 +364,8 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
             if error:
                 failures[subjects[fold]] = error
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        if owned:
+            client.close()
     return failures
 
 

@@ -47,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 1e-2  # AdamP decoupled weight decay
     label_smoothing: float = 0.1  # cross-entropy label smoothing (Lukasik et al. 2020)
     schedule: str = "cosine"  # "cosine": per-step cosine from lr to 0 over all epochs; "constant"
+    warmup_epochs: int = 1  # linear warm-up of the learning rate from 0 over these first epochs, then the schedule
     image_size: int = 320  # side the preprocessed images are resized to (the paper's 320)
     cgpo: bool = True  # False: the Table 4 ablation without CGPO
     grid: int = 3  # CGPO tiles per side
@@ -66,6 +67,8 @@ class TrainConfig:
     progress: bool = True  # tqdm bar over epochs (loss, samples/s)
 
     def __post_init__(self) -> None:
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"TrainConfig: warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"TrainConfig: epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.schedule not in SCHEDULES:
@@ -156,12 +159,14 @@ class _ImageSet(Dataset):
 
 
 def build_transform(image_size: int, augment: bool) -> v2.Compose:
-    """Paper 3.2.1 augmentation (in this order, training only), then resize and ImageNet normalisation.
+    """Resize to the network's input, then paper 3.2.1 augmentation (in this order, training
+    only), then ImageNet normalisation. Resizing first augments the pixels the network sees
+    (and costs a quarter of augmenting a 128 px image when the input is 64 px).
 
     (1) brightness, contrast, saturation in [0.2, 1.8], hue in [-0.5, 0.5];
     (2) grayscale with p = 0.2; (3) horizontal flip with p = 0.5; (4) rotation in [-15, 15] degrees.
     """
-    steps: list[nn.Module] = []
+    steps: list[nn.Module] = [v2.Resize((image_size, image_size), antialias=True)]
     if augment:
         steps += [
             v2.ColorJitter(brightness=(0.2, 1.8), contrast=(0.2, 1.8), saturation=(0.2, 1.8), hue=(-0.5, 0.5)),
@@ -170,7 +175,6 @@ def build_transform(image_size: int, augment: bool) -> v2.Compose:
             v2.RandomRotation(15),
         ]
     steps += [
-        v2.Resize((image_size, image_size), antialias=True),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ]
@@ -189,7 +193,9 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def _as_tensors(samples: list[Sample], images: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
+def _as_tensors(samples: list[Sample], images: Mapping[str, np.ndarray], size: int | None = None) -> list[torch.Tensor]:
+    """The samples' images as (3, H, W) uint8 tensors, resized once to ``size`` (the same
+    antialiased resize as ``build_transform``'s first step, which then has nothing to do)."""
     tensors = []
     for sample in samples:
         if sample.key not in images:
@@ -199,7 +205,10 @@ def _as_tensors(samples: list[Sample], images: Mapping[str, np.ndarray]) -> list
             raise ConfigError(
                 f"{sample.key}: expected an (H, W, 3) uint8 RGB image, got {array.shape} {array.dtype}"
             )
-        tensors.append(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous())
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+        if size is not None and tuple(tensor.shape[1:]) != (size, size):
+            tensor = v2.functional.resize(tensor, [size, size], antialias=True)
+        tensors.append(tensor)
     return tensors
 
 
@@ -254,7 +263,7 @@ def train_fold(
     device = _resolve_device(config.device)
 
     with _reproducible(config.seed, device, config.max_threads):
-        test_images = _as_tensors(test, images)
+        test_images = _as_tensors(test, images, config.image_size)
         test_labels = _labels(test, classes)
         fitted = _fit(train, classes, config, images, device, desc=f"fold {test_subject}")
         probs = _predict(fitted.model, test_images, config, device, fitted.autocast)
@@ -319,7 +328,8 @@ def _fit(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig,
     channels_last = config.channels_last and on_cuda
     train = list(train)
     train_set = _ImageSet(
-        _as_tensors(train, images), _labels(train, classes), build_transform(config.image_size, config.augment)
+        _as_tensors(train, images, config.image_size), _labels(train, classes),
+        build_transform(config.image_size, config.augment)
     )
     model = build_model(config, len(classes)).to(device)
     if channels_last:
@@ -392,10 +402,15 @@ def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: to
     )
     optimizer = AdamP(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * len(loader)
-    if config.schedule == "cosine":  # per step, from lr down to 0 at the end of the last epoch
-        factor = lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps))  # noqa: E731
-    else:
-        factor = lambda step: 1.0  # noqa: E731
+    warmup = min(config.warmup_epochs * len(loader), total_steps - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:  # linear warm-up, first step at lr / warmup
+            return (step + 1) / warmup
+        if config.schedule == "cosine":  # per step, from lr down to 0 at the end of the last epoch
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total_steps - warmup)))
+        return 1.0
+
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)

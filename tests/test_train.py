@@ -120,9 +120,9 @@ def test_bad_inputs_name_the_clip():
 
 def test_augmentation_follows_the_paper_order_and_test_images_are_only_normalised():
     names = [type(step).__name__ for step in build_transform(320, augment=True).transforms]
-    assert names == ["ColorJitter", "RandomGrayscale", "RandomHorizontalFlip", "RandomRotation",
-                     "Resize", "ToDtype", "Normalize"]
-    jitter = build_transform(320, augment=True).transforms[0]
+    assert names == ["Resize", "ColorJitter", "RandomGrayscale", "RandomHorizontalFlip", "RandomRotation",
+                     "ToDtype", "Normalize"]  # resized first: the paper's augmentation on the network's pixels
+    jitter = build_transform(320, augment=True).transforms[1]
     assert jitter.brightness == jitter.contrast == jitter.saturation == (0.2, 1.8)
     assert jitter.hue == (-0.5, 0.5)
     image = torch.full((3, 64, 64), 255, dtype=torch.uint8)
