@@ -196,3 +196,60 @@ def tsne_figure(embeddings: Mapping[str, np.ndarray], labels: Sequence[str], cla
     fig.axes[0].legend(fontsize=8, loc="best")
     fig.suptitle(wrap_title(title), fontsize=10)
     return fig
+
+
+def prediction_figure(prediction, crops: dict[str, np.ndarray], title: str = "",
+                      frame_numbers: Sequence[int] | None = None):
+    """Notebook 08: the aligned frames given (e.g. onset, apex, offset) of an
+    ``inference.ClipPrediction``, the spotting curve
+    with the apex marked, the preprocessed image fed to CropNet, and the class probabilities.
+    ``frame_numbers``: the clip's own frame numbers of a video's frames 0, 1, ... (for the axis)."""
+    from matplotlib.figure import Figure
+
+    panels = len(crops) + 3
+    fig = Figure(layout="constrained", figsize=(2.6 * panels, 2.9))
+    axes = fig.subplots(1, panels)
+    for ax, (name, image) in zip(axes, crops.items()):
+        ax.imshow(image)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    ax = axes[len(crops)]
+    spotted = prediction.curve
+    number = (lambda n: frame_numbers[n]) if frame_numbers is not None else (lambda n: n)  # noqa: E731
+    if spotted is not None:
+        x = [number(n) for n in spotted.frame_numbers]
+        ax.plot(x, spotted.raw, color="0.6", label="d(t)")
+        ax.plot(x, spotted.smoothed, color="C0", linestyle=":", label="smoothed")
+        ax.axvline(number(prediction.apex), color="C3", linestyle="--", label=f"apex {number(prediction.apex)}")
+        ax.legend(fontsize=7)
+    ax.set_title(f"apex ({prediction.apex_source})", fontsize=9)
+    ax.set_xlabel("frame", fontsize=8)
+    ax = axes[len(crops) + 1]
+    ax.imshow(prediction.image)
+    ax.set_title("CropNet input (preprocessed)", fontsize=9)
+    ax.axis("off")
+    ax = axes[len(crops) + 2]
+    names = list(prediction.probabilities)
+    values = [prediction.probabilities[n] for n in names]
+    ax.barh(names, values, color=["C3" if n == prediction.label else "C0" for n in names])
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_title(f"predicted: {prediction.label}", fontsize=9)
+    ax.tick_params(labelsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def influence_figure(influence: pd.DataFrame, label: str, title: str = ""):
+    """Bars: the drop of the predicted class's probability when each CGPO image is blanked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(layout="constrained", figsize=(6.5, 3.0))
+    ax = fig.add_subplot()
+    drops = influence["drop"]
+    ax.bar(influence.index, drops, color=["C3" if d > 0 else "C0" for d in drops])
+    ax.axhline(0, color="0.3", linewidth=0.8)
+    ax.set_ylabel(f"drop of p({label})")
+    ax.set_title(title or f"blanking each CGPO image: change of p({label})", fontsize=10)
+    return fig

@@ -159,3 +159,38 @@ def test_pretrained_weights_errors(tmp_path):
 def test_unknown_backbone_is_a_config_error():
     with pytest.raises(ConfigError, match="no_such_net"):
         CropNet(num_classes=3, backbone="no_such_net")
+
+
+def test_imagenet_weights_offline_is_one_clear_error(monkeypatch):
+    """timm's own pretrained loading; offline (this machine, and HF_HUB_OFFLINE) the error says
+    so in one line and names the two ways out. No test needs the network."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-mer-test-cache")  # no cached copy either
+    with pytest.raises(ConfigError) as caught:
+        CropNet(num_classes=5, image_size=64, pretrained_weights="imagenet")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "ImageNet weights for rexnet_100" in message
+    assert "local weights file" in message and "'none' to train from scratch" in message
+
+
+def test_pretrained_weights_values_are_checked_by_the_configuration(tmp_path):
+    from mer_utils.config import ExperimentConfig, resolve_weights
+
+    assert resolve_weights(None) is None and resolve_weights("none") is None and resolve_weights("") is None
+    assert resolve_weights("imagenet") == "imagenet" and resolve_weights("ImageNet") == "imagenet"
+    weights = tmp_path / "rexnet.pth"
+    weights.write_bytes(b"x")
+    assert resolve_weights(str(weights)) == str(weights.resolve())
+    with pytest.raises(ConfigError, match=r"'imagenett' is neither 'imagenet', 'none' nor an existing file"):
+        ExperimentConfig(root=str(tmp_path), protocol="casme2-5class", pretrained_weights="imagenett").resolved()
+    lbptop = ExperimentConfig(root=str(tmp_path), protocol="casme2-5class", method="lbptop",
+                              pretrained_weights="imagenet").resolved()
+    assert lbptop.pretrained_weights is None  # the SVM baseline has no network
+
+
+def test_method_lists_agree():
+    from mer_utils.config import CROPNET_METHODS
+    from mer_utils.preprocess import METHODS
+
+    assert tuple(METHODS) == CROPNET_METHODS

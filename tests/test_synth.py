@@ -352,3 +352,26 @@ def test_readers_load_the_small_set(small_set):
         spec = plan[sample.key]
         assert sample.label == ("negative", "positive", "surprise")[COMPOSITE[spec.dataset][spec.emotion.lower()]]
         assert sample.subject_id == f"{spec.dataset}/{spec.subject}"
+
+
+def test_clips_per_subject_keeps_the_first_clips_of_each_subject():
+    full = plan_synthetic(datasets=("casme2",), subjects=3)
+    few = plan_synthetic(datasets=("casme2",), subjects=3, clips_per_subject=4)
+    for subject in {spec.subject for spec in full}:
+        mine = [spec for spec in full if spec.subject == subject]
+        assert [spec for spec in few if spec.subject == subject] == mine[:4]
+    with pytest.raises(ConfigError, match="clips_per_subject"):
+        plan_synthetic(clips_per_subject=0)
+
+
+def test_synth_cli_makes_a_small_custom_set(tmp_path):
+    from mer_utils.cli import main
+    from mer_utils.data import load_samples
+
+    assert main(["synth", "--out", str(tmp_path / "d"), "--subjects", "3", "--clips-per-subject", "4",
+                 "--seed", "1", "--workers", "1"]) == 0
+    samples = load_samples(tmp_path / "d", "megc2019")
+    per_subject = {}
+    for sample in samples:
+        per_subject[sample.subject_id] = per_subject.get(sample.subject_id, 0) + 1
+    assert len(per_subject) <= 9 and max(per_subject.values()) <= 4
