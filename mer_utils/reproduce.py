@@ -82,7 +82,7 @@ PROFILES: dict[str, dict[str, object]] = {
     # rows and more points cost more CPU time than the demo has (full-gpu runs all of them).
     "synthetic-cpu": {
         "image_size": 64, "preprocess_size": 128, "epochs": 5, "lr": 5e-4, "batch_size": 4,
-        "methods": "ars,rrs", "n_key_values": "1,5", "workers": 2, "tsne_size": 32,
+        "ablation_methods": "ars,rrs", "n_key_values": "1,5", "workers": 2, "tsne_size": 32,
     },
     # Real data on one GPU: the configuration's defaults (the paper's 320 x 320 input,
     # TrainConfig's epochs), ImageNet weights as in the paper, N_key 1..10 as in Figure 5,

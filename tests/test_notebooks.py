@@ -18,7 +18,7 @@ NOTEBOOKS = ("01_preprocessing", "02_cgpo_visualisation", "04_casme2_5class", "0
 # Tiny settings for every notebook (each receives those it declares), then per notebook.
 TINY = {"epochs": 1, "image_size": 32, "preprocess_size": 48, "batch_size": 8, "folds": "0", "workers": 1,
         "fold_notebooks": False, "n_key_values": "5", "unseen_subjects": 1}
-PER_NOTEBOOK = {"02_cgpo_visualisation": {"preprocess_size": 96}, "06_ablations": {"methods": "ars"}}
+PER_NOTEBOOK = {"02_cgpo_visualisation": {"preprocess_size": 96}, "06_ablations": {"ablation_methods": "ars"}}
 CASME2_SAMPLES = 13  # the small synthetic CASME II cut to 2 subjects (casme2-5class)
 
 
