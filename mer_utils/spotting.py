@@ -34,8 +34,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from mer_utils.data.protocols import APEX_MODES
-from mer_utils.data.sample import Sample
+from mer_utils.data.sample import APEX_MODES, Sample
 from mer_utils.errors import PreprocessError
 
 SPOT_SIDE = 64  # grey crops are area-averaged to this side before differencing

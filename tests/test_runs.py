@@ -104,7 +104,7 @@ def test_local_cluster_runs_two_folds_and_scores_them(two_fold_run, data_root):
     result, out = two_fold_run, two_fold_run.out_dir
     assert result.failures == {} and result.trained_folds == 2
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "confusion.png", "fold_00_sub01", "fold_01_sub02", "metrics.json", "predictions.csv"]
+        "config.json", "confusion.png", "fold_00_sub01", "fold_01_sub02", "losses.csv", "metrics.json", "predictions.csv"]
     recorded = json.loads((out / "config.json").read_text())
     assert recorded["config"] == result.config.to_dict() and recorded["kit_version"]
     assert recorded["train"]["label_smoothing"] == TrainConfig().label_smoothing

@@ -11,13 +11,12 @@ from typing import Iterable, Mapping, Sequence
 
 from mer_utils.data._common import MAX_LISTED_PROBLEMS
 from mer_utils.data.casme2 import read_casme2
-from mer_utils.data.sample import DATASET_FOLDERS, DATASETS, Sample
+from mer_utils.data.sample import APEX_MODES, DATASET_FOLDERS, DATASETS, Sample
 from mer_utils.data.samm import read_samm
 from mer_utils.data.smic import read_smic
 from mer_utils.errors import DatasetError
 from mer_utils.paths import OFFICIAL_MEGC2019_LIST  # noqa: F401  (re-exported by mer_utils.data)
 
-APEX_MODES = ("annotated", "middle", "spotted")  # load_samples(apex=...): where each sample's apex comes from
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from mer_utils.errors import DatasetError
 
 DATASETS = ("casme2", "samm", "smic")
 DATASET_FOLDERS = {"casme2": "CASME2", "samm": "SAMM", "smic": "SMIC"}  # folder of each under a data root
+APEX_MODES = ("annotated", "middle", "spotted")  # load_samples(apex=...): where each sample's apex comes from
 
 
 @dataclass(frozen=True)
