@@ -139,18 +139,8 @@ def plot_curve(table: pd.DataFrame, x: str, columns: Sequence[str], title: str, 
 
 
 def plot_epoch_losses(losses: Sequence[float], title: str, path: str | Path | None = None):
-    """Training loss per epoch as a matplotlib Figure (saved as PNG when ``path`` is given)."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(5.5, 3.5))
-    ax = fig.add_subplot()
-    ax.plot(range(1, len(losses) + 1), losses, marker="o")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean training loss")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    """One run's training loss per epoch (notebook 03's fold), saved as PNG when ``path`` is given."""
+    fig = plot_loss_curves({"training loss": losses}, title)
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig

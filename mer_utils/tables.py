@@ -67,18 +67,15 @@ def chance_rows(metrics: Mapping) -> dict[str, dict]:
     ``per_dataset`` when the metrics have one."""
     from mer_utils.evaluate import chance_scores
 
-    def levels(confusion) -> dict:
-        support = np.asarray(confusion).sum(axis=1)
-        return chance_scores(support)
+    def support(confusion) -> np.ndarray:  # true class counts: the confusion matrix's row sums
+        return np.asarray(confusion).sum(axis=1)
 
-    classes = list(metrics["classes"])
-    overall = levels(metrics["confusion"])
-    support = np.asarray(metrics["confusion"]).sum(axis=1)
-    majority = classes[int(support.argmax())]
+    overall = support(metrics["confusion"])
+    majority = list(metrics["classes"])[int(overall.argmax())]
     names = {"uniform": "chance: uniform random guess", "majority": f"chance: always {majority!r}"}
-    rows = {names[key]: dict(values) for key, values in overall.items()}
+    rows = {names[key]: dict(values) for key, values in chance_scores(overall).items()}
     for dataset, scores in (metrics.get("per_dataset") or {}).items():
-        per = levels(scores["confusion"])
+        per = chance_scores(support(scores["confusion"]))
         for key in names:
             rows[names[key]].setdefault("per_dataset", {})[dataset] = per[key]
     return rows

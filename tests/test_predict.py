@@ -177,3 +177,13 @@ def test_read_clip_errors(tmp_path):
             pass
     with pytest.raises(PreprocessError, match="cannot read the first frame"):
         write_video([tmp_path / "nothing.png"], tmp_path / "v.avi")
+
+
+def test_apex_errors_count_only_annotated_clips():
+    import pandas as pd
+
+    from mer_utils.inference import apex_errors
+
+    table = pd.DataFrame({"apex_spotted": [10, 20, 30], "apex_annotated": [12, float("nan"), 30],
+                          "apex_middle": [15, 25, 26]})
+    assert apex_errors(table) == {"clips": 2, "spotted": 1.0, "middle": 3.5}
