@@ -19,7 +19,6 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from adamp import AdamP
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -28,12 +27,14 @@ from tqdm.auto import tqdm
 from mer_utils.data.sample import Sample
 from mer_utils.errors import ConfigError
 from mer_utils.models import CropNet
+from mer_utils.optim import AdamP
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCHEDULES = ("cosine", "constant")
+RECALIBRATION_CHUNK = 64  # samples per forward pass when BatchNorm statistics are recalibrated
 
 
 @dataclass
@@ -65,6 +66,7 @@ class TrainConfig:
     classes: tuple[str, ...] | None = None  # class names in protocol order; None = sorted labels
     max_threads: int | None = None  # torch CPU threads during the fold; None = leave as is
     progress: bool = True  # tqdm bar over epochs (loss, samples/s)
+    recalibrate_bn: bool = True  # after the last epoch, BatchNorm statistics from the un-augmented training images
 
     def __post_init__(self) -> None:
         if self.warmup_epochs < 0:
@@ -338,7 +340,50 @@ def _fit(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig,
     fitted = TrainedModel(model, classes, [], device, amp, amp_dtype, channels_last, len(train))
     fitted.epoch_losses = _train(model, train_set, config, device, fitted.autocast,
                                  use_scaler=amp and amp_dtype == torch.float16, desc=desc)
+    if config.recalibrate_bn:
+        recalibrate_batchnorm(model, train_set.images, config, device, fitted.autocast)
     return fitted
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: CropNet, images: list[torch.Tensor], config: TrainConfig, device: torch.device,
+                          autocast) -> None:
+    """Replace every BatchNorm's running mean and variance by their exact averages over
+    ``images`` (un-augmented, as at test time) under the final weights ("precise BN").
+
+    During training the running statistics are exponential averages (momentum 0.1) over
+    the augmented batches of the last ~10 steps, taken while the weights still moved; a
+    model trained from scratch for a few epochs then tests with statistics that no longer
+    match its weights. A forward pass over the training images in training mode, in chunks
+    of ``RECALIBRATION_CHUNK`` samples averaged with equal weight, gives the statistics of
+    the final model; a training set of one chunk (every CASME II fold of the synthetic demo)
+    gets each layer's exact statistics under the layers before it. Training images only:
+    nothing of the test subject is used.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or not images:
+        return
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative moving average over the pass
+    transform = build_transform(config.image_size, augment=False)
+    model.eval()  # dropout off; only the BatchNorms normalise by (and record) their batch's statistics
+    for norm in norms:
+        norm.train()
+    try:
+        chunk_size = max(config.batch_size, RECALIBRATION_CHUNK)
+        for start in range(0, len(images), chunk_size):
+            chunk = images[start:start + chunk_size]
+            if len(chunk) < 2 and not config.cgpo:
+                continue  # BatchNorm in training mode needs two values per channel
+            batch = torch.stack([transform(image) for image in chunk]).to(device)
+            with autocast():
+                model(batch)
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.eval()
 
 
 def build_model(config: TrainConfig, num_classes: int) -> CropNet:

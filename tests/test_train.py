@@ -129,3 +129,48 @@ def test_augmentation_follows_the_paper_order_and_test_images_are_only_normalise
     plain = build_transform(32, augment=False)(image)
     assert plain.shape == (3, 32, 32)
     torch.testing.assert_close(plain[:, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+
+
+def test_batchnorm_statistics_are_recalibrated_on_the_training_images():
+    """After the last epoch every BatchNorm holds the exact mean and variance of its input
+    over the un-augmented training images under the final weights, not the running
+    averages of augmented batches; the test subject's images play no part."""
+    from mer_utils.train import _as_tensors, _fit, _reproducible, recalibrate_batchnorm
+
+    samples, images = make_fold_data(n_samples=12, n_subjects=4, size=32)
+    train, test = split_fold(samples, "sub01")
+    config = tiny_config(epochs=1, augment=True)
+    device = torch.device("cpu")
+    with _reproducible(config.seed, device, config.max_threads):
+        fitted = _fit(train, CLASSES, config, images, device, desc="test")
+    model = fitted.model
+    norm = model.head[1]  # the head's BatchNorm2d over every CGPO image's features
+    assert norm.momentum == 0.1 and not model.training  # restored; the model is left for testing
+    seen = []
+    handle = norm.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach()))
+    try:
+        # 9 training samples make one chunk: the statistics are those of one training-mode
+        # pass over all the un-augmented training images under the final weights
+        model.train()
+        tensors = _as_tensors(train, images, config.image_size)
+        transform = build_transform(config.image_size, augment=False)
+        with torch.no_grad():
+            model(torch.stack([transform(t) for t in tensors]))
+    finally:
+        handle.remove()
+        model.eval()
+    features = seen[0].transpose(0, 1).flatten(1)  # channels x values
+    torch.testing.assert_close(norm.running_mean, features.mean(1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.running_var, features.var(1, unbiased=True), rtol=1e-3, atol=1e-5)
+
+    # without recalibration the running averages of the augmented batches stay
+    with _reproducible(config.seed, device, config.max_threads):
+        plain = _fit(train, CLASSES, tiny_config(epochs=1, augment=True, recalibrate_bn=False), images, device, "test")
+    assert not torch.allclose(plain.model.head[1].running_mean, norm.running_mean)
+    # and it is a pure function of the final weights and the training images
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recalibrate_batchnorm(model, _as_tensors(train, images, config.image_size), config, device, fitted.autocast)
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        torch.testing.assert_close(value, before[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")

@@ -44,7 +44,10 @@ def create_backbone(name: str, imagenet: bool = False) -> nn.Module:
     and names the two ways out.
     """
     try:
-        return timm.create_model(name, pretrained=imagenet, num_classes=0, global_pool="")
+        # drop_rate 0: timm's classifier head would otherwise apply its dropout (0.2 for
+        # ReXNet) to the feature map CropNet's head normalises, which is in no equation of the
+        # paper and makes that BatchNorm see other statistics in training than in testing
+        return timm.create_model(name, pretrained=imagenet, num_classes=0, global_pool="", drop_rate=0.0)
     except RuntimeError as err:  # timm: "Unknown model (...)"
         if "Unknown model" in str(err) or not imagenet:
             raise ConfigError(f"unknown backbone {name!r}: {err}") from None
