@@ -198,6 +198,8 @@ def training_note(experiments: Mapping[str, object]) -> str:
         epochs = f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}"
         how = (f"CropNet trained {start}, {epochs} (fixed before the run), lr {config.lr:g}, "
                f"batch {config.batch_size}, at {config.image_size} px")
+        if config.train_config().recalibrate_bn:
+            how += ", tested with BatchNorm statistics of the un-augmented training images"
         groups.setdefault(how, []).append(name)
     parts = [f"{how}: {', '.join(names)}." for how, names in groups.items()]
     if baseline:

@@ -179,7 +179,8 @@ def test_training_note_reads_the_fold_records(tmp_path):
                                 tmp_path, {})
     note = tables.training_note({"ARS + CropNet": cropnet, "LBP-TOP": baseline})
     assert ("CropNet trained from scratch (no ImageNet weights), 3 epochs (fixed before the run), lr 0.001, "
-            "batch 8, at 64 px: ARS + CropNet.") in note
+            "batch 8, at 64 px, tested with BatchNorm statistics of the un-augmented training images: "
+            "ARS + CropNet.") in note
     assert "LBP-TOP: LBP-TOP features and a linear SVM" in note
     (fold / "fold.json").write_text(json.dumps({"pretrained": True, "weights": "imagenet"}))
     assert "from timm's ImageNet weights" in tables.training_note({"ARS + CropNet": cropnet})
