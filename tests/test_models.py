@@ -102,6 +102,14 @@ def test_default_model_matches_paper_size_and_position_embedding_init():
     assert abs(embed.mean().item()) < 0.02
     assert embed.var().item() == pytest.approx(0.2, abs=0.02)
     assert model.pos_embed.requires_grad
+    # the one dropout is CropNet's own before the final FC: none inside the backbone, whose
+    # feature map the head's BatchNorm normalises (timm's ReXNet would drop 0.2 of it)
+    rates = {name: module.p for name, module in model.named_modules() if isinstance(module, torch.nn.Dropout)}
+    assert {name for name, rate in rates.items() if rate > 0} == {"classifier.0"}
+    model.train()
+    features = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.backbone(features), model.backbone(features))  # nothing random in training mode
 
 
 @pytest.mark.parametrize("cgpo, backbone_batch, backbone_side", [(True, 30, 32), (False, 3, 64)])
