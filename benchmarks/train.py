@@ -148,7 +148,7 @@ def demo_fold(variant: str) -> tuple[float, int]:
         side = profile["preprocess_size"]
         images[sample.key] = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
     config = TrainConfig(epochs=profile["epochs"], image_size=profile["image_size"], batch_size=profile["batch_size"],
-                         lr=profile["lr"], classes=classes, progress=False, device="cpu",
+                         lr=profile.get("lr", TrainConfig.lr), classes=classes, progress=False, device="cpu",
                          max_threads=torch.get_num_threads(), recalibrate_bn=variant != "before")
     result = train_module.train_fold(samples, "sub01", config, images)
     return result.wall_time_s, result.n_train * config.epochs
