@@ -136,7 +136,7 @@ def demo_fold(variant: str) -> tuple[float, int]:
     from mer_utils.reproduce import PROFILES
 
     if variant == "before":
-        train_module.AdamP = lambda params, lr, weight_decay: adamp.AdamP(params, lr=lr, weight_decay=weight_decay)
+        train_module.AdamP = adamp.AdamP
     profile = PROFILES["synthetic-cpu"]
     rng = np.random.default_rng(0)
     classes = ("others", "disgust", "happiness", "repression", "surprise")

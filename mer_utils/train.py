@@ -367,17 +367,13 @@ def recalibrate_batchnorm(model: CropNet, images: list[torch.Tensor], config: Tr
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative moving average over the pass
-    transform = build_transform(config.image_size, augment=False)
     model.eval()  # dropout off; only the BatchNorms normalise by (and record) their batch's statistics
     for norm in norms:
         norm.train()
     try:
-        chunk_size = max(config.batch_size, RECALIBRATION_CHUNK)
-        for start in range(0, len(images), chunk_size):
-            chunk = images[start:start + chunk_size]
-            if len(chunk) < 2 and not config.cgpo:
+        for batch in _test_batches(images, config, max(config.batch_size, RECALIBRATION_CHUNK), device):
+            if len(batch) < 2 and not config.cgpo:
                 continue  # BatchNorm in training mode needs two values per channel
-            batch = torch.stack([transform(image) for image in chunk]).to(device)
             with autocast():
                 model(batch)
     finally:
@@ -488,11 +484,16 @@ def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: to
 def _predict(model: CropNet, images: list[torch.Tensor], config: TrainConfig, device: torch.device, autocast) -> np.ndarray:
     """Softmax probabilities (N, C) for the un-augmented test images."""
     model.eval()
-    transform = build_transform(config.image_size, augment=False)
     outputs = []
-    for start in range(0, len(images), config.batch_size):
-        batch = torch.stack([transform(image) for image in images[start:start + config.batch_size]]).to(device)
+    for batch in _test_batches(images, config, config.batch_size, device):
         with autocast():
             logits = model(batch)
         outputs.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(outputs).numpy().astype(np.float64)
+
+
+def _test_batches(images: Sequence[torch.Tensor], config: TrainConfig, size: int, device: torch.device):
+    """``images`` as un-augmented, normalised batches of ``size`` on ``device`` (as at test time)."""
+    transform = build_transform(config.image_size, augment=False)
+    for start in range(0, len(images), size):
+        yield torch.stack([transform(image) for image in images[start:start + size]]).to(device)

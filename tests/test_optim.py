@@ -11,8 +11,8 @@ from mer_utils.optim import AdamP
 
 def _net() -> nn.Module:
     # conv + BatchNorm weights are scale-invariant (projected), the linear layer is not,
-    # (no bias before a BatchNorm: its gradient is rounding noise, which Adam amplifies)
-    # biases and BatchNorm parameters are 1-d (never projected)
+    # biases and BatchNorm parameters are 1-d (never projected); no bias before a BatchNorm:
+    # its gradient is rounding noise, which Adam amplifies
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
         nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
