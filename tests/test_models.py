@@ -202,3 +202,67 @@ def test_method_lists_agree():
     from mer_utils.preprocess import METHODS
 
     assert tuple(METHODS) == CROPNET_METHODS
+
+
+@pytest.mark.parametrize("side,stride", [(1, 1), (2, 1), (2, 2), (1, 2), (3, 1)])
+def test_small_map_depthwise_convolution_equals_conv2d(side, stride):
+    from mer_utils.models.small_maps import SmallMapDepthwiseConv2d
+
+    torch.manual_seed(side * 10 + stride)
+    conv = torch.nn.Conv2d(6, 6, 3, stride, 1, groups=6, bias=True).double()
+    x = torch.randn(5, 6, side, side, dtype=torch.float64, requires_grad=True)
+    expected = conv(x)
+    expected_grads = torch.autograd.grad((expected * torch.arange(expected.numel()).view_as(expected)).sum(),
+                                         [x, conv.weight, conv.bias])
+    conv.__class__ = SmallMapDepthwiseConv2d
+    got = conv(x)
+    grads = torch.autograd.grad((got * torch.arange(got.numel()).view_as(got)).sum(), [x, conv.weight, conv.bias])
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("side", [1, 2, 3])
+def test_small_map_pointwise_convolution_equals_conv2d(side):
+    from mer_utils.models.small_maps import SmallMapPointwiseConv2d
+
+    torch.manual_seed(side)
+    conv = torch.nn.Conv2d(7, 4, 1, bias=side != 2).double()
+    x = torch.randn(3, 7, side, side, dtype=torch.float64, requires_grad=True)
+    params = [p for p in (conv.weight, conv.bias) if p is not None]
+    expected = conv(x)
+    expected_grads = torch.autograd.grad((expected * torch.arange(expected.numel()).view_as(expected)).sum(),
+                                         [x, *params])
+    conv.__class__ = SmallMapPointwiseConv2d
+    got = conv(x)
+    grads = torch.autograd.grad((got * torch.arange(got.numel()).view_as(got)).sum(), [x, *params])
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_cropnet_small_map_kernels_change_no_result():
+    """CropNet switches ReXNet's depthwise and pointwise convolutions to the small-map CPU
+    path; logits and every gradient equal those of the stock nn.Conv2d model (float64)."""
+    from mer_utils.models.small_maps import SmallMapDepthwiseConv2d, SmallMapPointwiseConv2d
+
+    torch.manual_seed(0)
+    model = CropNet(num_classes=3, image_size=64, head_channels=32, embed_dim=16).double().train()
+    kinds = {type(m) for m in model.modules()}
+    assert {SmallMapDepthwiseConv2d, SmallMapPointwiseConv2d} <= kinds
+    stock = CropNet(num_classes=3, image_size=64, head_channels=32, embed_dim=16).double().train()
+    for module in stock.modules():
+        if isinstance(module, (SmallMapDepthwiseConv2d, SmallMapPointwiseConv2d)):
+            module.__class__ = torch.nn.Conv2d
+    stock.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    outputs = []
+    for net in (model, stock):
+        torch.manual_seed(1)  # the same dropout mask
+        logits = net(x)
+        logits.square().sum().backward()
+        outputs.append((logits, [p.grad for p in net.parameters()]))
+    torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=1e-9, atol=1e-9)
+    for a, b in zip(outputs[0][1], outputs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)

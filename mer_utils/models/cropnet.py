@@ -25,6 +25,7 @@ from torch import nn
 
 from mer_utils.errors import ConfigError
 from mer_utils.models.cgpo import CGPO
+from mer_utils.models.small_maps import use_small_map_kernels
 
 IMAGENET = "imagenet"  # ``pretrained_weights`` value: timm's own ImageNet weights of the backbone
 PAPER_PARAMETERS = 7.6e6  # section 3.2.1: "approximately 7.6M"
@@ -165,6 +166,9 @@ class CropNet(nn.Module):
         else:
             self.register_parameter("pos_embed", None)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_images * embed_dim, num_classes))
+        # the same convolutions, computed as tensor products on the CPU where the feature map
+        # is at most 2 x 2 (oneDNN is slow there); outputs and gradients are unchanged
+        use_small_map_kernels(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (B, num_classes) for normalised images ``x`` (B, 3, S, S)."""
