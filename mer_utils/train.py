@@ -44,7 +44,8 @@ class TrainConfig:
 
     epochs: int = 30  # fixed number of epochs; the model after the last one is evaluated
     batch_size: int = 16  # training batch (each sample is 10 backbone images with CGPO)
-    lr: float = 5e-4  # AdamP peak learning rate (1e-3 overshot on a tiny full-batch problem)
+    lr: float = 1e-3  # AdamP peak learning rate of the backbone and head Conv (weights that feed a BatchNorm)
+    fc_lr: float = 1e-4  # AdamP peak learning rate of CropNet.fc_parameters(): head FC, p_i, final FC
     weight_decay: float = 1e-2  # AdamP decoupled weight decay
     label_smoothing: float = 0.1  # cross-entropy label smoothing (Lukasik et al. 2020)
     schedule: str = "cosine"  # "cosine": per-step cosine from lr to 0 over all epochs; "constant"
@@ -75,6 +76,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig: epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"TrainConfig: schedule {self.schedule!r} is not one of {SCHEDULES}")
+        if not (self.lr > 0 and self.fc_lr > 0):
+            raise ConfigError(f"TrainConfig: lr and fc_lr must be positive, got {self.lr}, {self.fc_lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"TrainConfig: label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.classes is not None:
@@ -441,7 +444,10 @@ def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: to
         generator=torch.Generator().manual_seed(config.seed),
         pin_memory=device.type == "cuda",
     )
-    optimizer = AdamP(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    fc = model.fc_parameters()
+    fc_ids = {id(p) for p in fc}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in fc_ids]}, {"params": fc, "lr": config.fc_lr}]
+    optimizer = AdamP(groups, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * len(loader)
     warmup = min(config.warmup_epochs * len(loader), total_steps - 1)
 

@@ -181,7 +181,7 @@ def test_04_table2_computes_three_rows_and_figure_4b(runs):
     assert (folder / "figure4b_confusion.png").is_file() and (folder / "table2_loss.png").is_file()
     assert "synthetic data" in (folder / "table2.md").read_text().splitlines()[0]
     summary = json.loads((folder / "summary.json").read_text())
-    assert any("trained from scratch (no ImageNet weights), 1 epoch (fixed before the run), lr 0.0005, batch 8, "
+    assert any("trained from scratch (no ImageNet weights), 1 epoch (fixed before the run), lr 0.001 (fully connected layers 0.0001), batch 8, "
                "at 32 px, tested with BatchNorm statistics of the un-augmented training images" in note
                for note in summary["notes"])
 

@@ -178,7 +178,8 @@ def test_training_note_reads_the_fold_records(tmp_path):
     baseline = ExperimentResult(ExperimentConfig(root=str(tmp_path), protocol="casme2-5class", method="lbptop"),
                                 tmp_path, {})
     note = tables.training_note({"ARS + CropNet": cropnet, "LBP-TOP": baseline})
-    assert ("CropNet trained from scratch (no ImageNet weights), 3 epochs (fixed before the run), lr 0.001, "
+    assert ("CropNet trained from scratch (no ImageNet weights), 3 epochs (fixed before the run), lr 0.001 "
+            "(fully connected layers 0.0001), "
             "batch 8, at 64 px, tested with BatchNorm statistics of the un-augmented training images: "
             "ARS + CropNet.") in note
     assert "LBP-TOP: LBP-TOP features and a linear SVM" in note

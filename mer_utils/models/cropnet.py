@@ -120,6 +120,9 @@ class CropNet(nn.Module):
         embed_dim: size of each z_i and p_i.
         pos_embed_var: variance of the normal initialisation of p1..p9 (0.2, section 3.2.4).
         dropout: dropout on the concatenated vector before the final FC (ours; ReXNet uses 0.2).
+        zero_init_classifier: start the final FC at zero weights and bias (ours; the paper gives
+            no initialisation), so every class starts at the same logit and the first loss is
+            ln(num_classes) rather than a random guess's confident mistakes.
         pretrained_weights: "imagenet" (timm's ImageNet weights, as the paper starts), a local
             file with backbone weights (a timm state dict), or None to train from scratch.
             ``self.pretrained`` records whether the backbone started from weights.
@@ -137,6 +140,7 @@ class CropNet(nn.Module):
         embed_dim: int = 1280,
         pos_embed_var: float = 0.2,
         dropout: float = 0.2,
+        zero_init_classifier: bool = True,
         pretrained_weights: str | Path | None = None,
     ) -> None:
         super().__init__()
@@ -166,9 +170,21 @@ class CropNet(nn.Module):
         else:
             self.register_parameter("pos_embed", None)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_images * embed_dim, num_classes))
+        if zero_init_classifier:
+            nn.init.zeros_(self.classifier[1].weight)
+            nn.init.zeros_(self.classifier[1].bias)
         # the same convolutions, computed as tensor products on the CPU where the feature map
         # is at most 2 x 2 (oneDNN is slow there); outputs and gradients are unchanged
         use_small_map_kernels(self)
+
+    def fc_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the layers no BatchNorm follows: the head's FC (to z_i), the
+        position embeddings p_i and the final FC. Every other weight of CropNet feeds a
+        BatchNorm, which makes its output blind to the weight's scale; these do not, and the
+        final FC sums 10 x embed_dim inputs, so an Adam step of the same size moves its logits
+        far more (``TrainConfig.fc_lr`` gives them their own learning rate)."""
+        params = [*self.head[-1].parameters(), *self.classifier.parameters()]
+        return params + ([self.pos_embed] if self.pos_embed is not None else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (B, num_classes) for normalised images ``x`` (B, 3, S, S)."""
