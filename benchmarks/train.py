@@ -7,7 +7,8 @@ Prints: parameter count beside the paper's 7.6 M; training throughput (forward +
 AdamP step, samples/s) at image sizes 320, 160 and 96 with and without CGPO; the time of one
 batched B*10 backbone pass against ten separate passes; peak resident memory of one training
 step per batch size (each in a fresh subprocess, VmHWM); and the wall time
-of one LOSO fold (40 samples of 64 x 64, 5 epochs). On a shared machine the figures are noisy.
+of one LOSO fold (40 samples of 64 x 64, 5 epochs); with --demo-fold-only, one fold at the demo's
+size with and without the small-map kernels. On a shared machine the figures are noisy.
 """
 from __future__ import annotations
 
@@ -119,24 +120,23 @@ def fold_wall_time(n_samples: int = 40, n_subjects: int = 8, size: int = 64, epo
 
 
 DEMO_VARIANTS = {
-    "before": "the adamp package's AdamP, running BatchNorm statistics",
-    "now": "the kit's AdamP (mer_utils.optim), BatchNorm statistics recalibrated after training",
+    "before": "oneDNN's nn.Conv2d on every feature map",
+    "now": "the small-map CPU kernels (mer_utils.models.small_maps) on maps of at most 2 x 2",
 }
 
 
 def demo_fold(variant: str) -> tuple[float, int]:
     """One LOSO fold at the synthetic demo's size (``reproduce.PROFILES["synthetic-cpu"]``:
     37 CASME II-sized samples over 6 subjects, cached images of preprocess_size resized to
-    image_size, the profile's epochs and batch). ``variant`` "before" trains with the authors'
-    ``adamp`` package and tests with the running BatchNorm statistics (the pipeline before);
-    each variant runs in a fresh process. Returns (seconds, sample passes)."""
-    import adamp
-
+    image_size, the profile's epochs and batch). ``variant`` "before" builds CropNet without
+    the small-map kernels (every convolution through oneDNN, the pipeline before); each
+    variant runs in a fresh process. Returns (seconds, sample passes)."""
+    import mer_utils.models.cropnet as cropnet_module
     import mer_utils.train as train_module
     from mer_utils.reproduce import PROFILES
 
     if variant == "before":
-        train_module.AdamP = adamp.AdamP
+        cropnet_module.use_small_map_kernels = lambda model: 0
     profile = PROFILES["synthetic-cpu"]
     rng = np.random.default_rng(0)
     classes = ("others", "disgust", "happiness", "repression", "surprise")
@@ -149,7 +149,7 @@ def demo_fold(variant: str) -> tuple[float, int]:
         images[sample.key] = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
     config = TrainConfig(epochs=profile["epochs"], image_size=profile["image_size"], batch_size=profile["batch_size"],
                          lr=profile.get("lr", TrainConfig.lr), classes=classes, progress=False, device="cpu",
-                         max_threads=torch.get_num_threads(), recalibrate_bn=variant != "before")
+                         max_threads=torch.get_num_threads())
     result = train_module.train_fold(samples, "sub01", config, images)
     return result.wall_time_s, result.n_train * config.epochs
 
