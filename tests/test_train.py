@@ -131,6 +131,42 @@ def test_augmentation_follows_the_paper_order_and_test_images_are_only_normalise
     torch.testing.assert_close(plain[:, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
 
 
+def test_fully_connected_layers_train_at_their_own_rate(monkeypatch):
+    """AdamP gets two groups: CropNet.fc_parameters() (head FC, p_i, final FC) at fc_lr and
+    every other parameter at lr; the final FC starts at zero, so the first logits are equal."""
+    import mer_utils.train as train_module
+    from mer_utils.train import _fit, _reproducible
+
+    made = []
+
+    class Recording(train_module.AdamP):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(train_module, "AdamP", Recording)
+    samples, images = make_fold_data(n_samples=8, n_subjects=4, size=32)
+    train, _ = split_fold(samples, "sub01")
+    config = tiny_config(epochs=1, lr=1e-3, fc_lr=2e-5, schedule="constant", warmup_epochs=0)
+    untrained = train_module.build_model(config, len(CLASSES))
+    assert torch.count_nonzero(untrained.classifier[1].weight) == 0
+    assert torch.count_nonzero(untrained(torch.randn(2, 3, 32, 32))) == 0  # every class at logit 0
+    device = torch.device("cpu")
+    with _reproducible(config.seed, device, config.max_threads):
+        fitted = _fit(train, CLASSES, config, images, device, desc="test")
+    rest, fc = made[0].param_groups
+    assert [g["lr"] for g in (rest, fc)] == [1e-3, 2e-5]
+    fc_ids = {id(p) for p in fc["params"]}
+    assert fc_ids == {id(p) for p in fitted.model.fc_parameters()}
+    assert fc_ids >= {id(fitted.model.classifier[1].weight), id(fitted.model.head[-1].weight),
+                      id(fitted.model.pos_embed)}
+    assert not fc_ids & {id(p) for p in rest["params"]}
+    assert len(fc["params"]) + len(rest["params"]) == len(list(fitted.model.parameters()))
+    assert torch.count_nonzero(fitted.model.classifier[1].weight) > 0  # it did train
+    with pytest.raises(ConfigError, match="fc_lr"):
+        tiny_config(fc_lr=0.0)
+
+
 def test_batchnorm_statistics_are_recalibrated_on_the_training_images():
     """After the last epoch every BatchNorm holds the exact mean and variance of its input
     over the un-augmented training images under the final weights, not the running

@@ -179,10 +179,11 @@ class CropNet(nn.Module):
 
     def fc_parameters(self) -> list[nn.Parameter]:
         """The parameters of the layers no BatchNorm follows: the head's FC (to z_i), the
-        position embeddings p_i and the final FC. Every other weight of CropNet feeds a
-        BatchNorm, which makes its output blind to the weight's scale; these do not, and the
-        final FC sums 10 x embed_dim inputs, so an Adam step of the same size moves its logits
-        far more (``TrainConfig.fc_lr`` gives them their own learning rate)."""
+        position embeddings p_i and the final FC. Nearly every other weight of CropNet (ReXNet's
+        convolutions, the head's Conv) feeds a BatchNorm, which makes its output blind to the
+        weight's scale; these do not, and the final FC sums 10 x embed_dim inputs, so an Adam
+        step of the same size moves its logits far more (``TrainConfig.fc_lr`` gives them their
+        own learning rate)."""
         params = [*self.head[-1].parameters(), *self.classifier.parameters()]
         return params + ([self.pos_embed] if self.pos_embed is not None else [])
 
