@@ -266,3 +266,18 @@ def test_cropnet_small_map_kernels_change_no_result():
     torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=1e-9, atol=1e-9)
     for a, b in zip(outputs[0][1], outputs[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+def test_small_map_kernels_train_after_a_prediction_under_inference_mode():
+    """The tap index cached by a first call under torch.inference_mode (a prediction) must
+    still serve a training pass afterwards (autograd saves it for backward)."""
+    from mer_utils.models import small_maps
+
+    small_maps._TAP_INDEX.clear()
+    conv = torch.nn.Conv2d(4, 4, 3, 1, 1, groups=4)
+    conv.__class__ = small_maps.SmallMapDepthwiseConv2d
+    with torch.inference_mode():
+        conv(torch.randn(2, 4, 2, 2))
+    x = torch.randn(2, 4, 2, 2, requires_grad=True)
+    conv(x).sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None

@@ -31,23 +31,30 @@ _TAP_INDEX: dict[tuple, tuple[torch.Tensor, int, int]] = {}
 def _tap_index(height: int, width: int, conv: nn.Conv2d, device: torch.device) -> tuple[torch.Tensor, int, int]:
     """(P, Q) index of the filter tap joining input position p to output position q, or
     ``kh * kw`` (a zero appended to the taps) where none does; and the output height, width."""
+    key = (height, width, *conv.kernel_size, *conv.stride, *conv.padding, str(device))
+    if key not in _TAP_INDEX:
+        _TAP_INDEX[key] = _build_tap_index(height, width, conv, device)
+    return _TAP_INDEX[key]
+
+
+# built as a normal tensor even when first asked for under inference_mode (prediction):
+# training saves the index for backward, which an inference tensor cannot be
+@torch.inference_mode(False)
+def _build_tap_index(height: int, width: int, conv: nn.Conv2d, device: torch.device) -> tuple[torch.Tensor, int, int]:
     kh, kw = conv.kernel_size
     sh, sw = conv.stride
     ph, pw = conv.padding
-    key = (height, width, kh, kw, sh, sw, ph, pw, str(device))
-    if key not in _TAP_INDEX:
-        out_h = (height + 2 * ph - kh) // sh + 1
-        out_w = (width + 2 * pw - kw) // sw + 1
-        index = torch.full((height * width, out_h * out_w), kh * kw, dtype=torch.long)
-        for a in range(out_h):
-            for b in range(out_w):
-                for i in range(kh):
-                    for j in range(kw):
-                        row, col = a * sh + i - ph, b * sw + j - pw
-                        if 0 <= row < height and 0 <= col < width:
-                            index[row * width + col, a * out_w + b] = i * kw + j
-        _TAP_INDEX[key] = (index.to(device), out_h, out_w)
-    return _TAP_INDEX[key]
+    out_h = (height + 2 * ph - kh) // sh + 1
+    out_w = (width + 2 * pw - kw) // sw + 1
+    index = torch.full((height * width, out_h * out_w), kh * kw, dtype=torch.long)
+    for a in range(out_h):
+        for b in range(out_w):
+            for i in range(kh):
+                for j in range(kw):
+                    row, col = a * sh + i - ph, b * sw + j - pw
+                    if 0 <= row < height and 0 <= col < width:
+                        index[row * width + col, a * out_w + b] = i * kw + j
+    return index.to(device), out_h, out_w
 
 
 class SmallMapDepthwiseConv2d(nn.Conv2d):
