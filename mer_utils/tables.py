@@ -196,10 +196,10 @@ def training_note(experiments: Mapping[str, object]) -> str:
         used = {r.get("weights", config.pretrained_weights) for r in records} or {config.pretrained_weights}
         start = " / ".join(sorted(weights_description(w) for w in used))
         epochs = f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}"
+        train = config.train_config()
         how = (f"CropNet trained {start}, {epochs} (fixed before the run), lr {config.lr:g} "
-               f"(fully connected layers {config.train_config().fc_lr:g}), batch {config.batch_size}, "
-               f"at {config.image_size} px")
-        if config.train_config().recalibrate_bn:
+               f"(fully connected layers {train.fc_lr:g}), batch {config.batch_size}, at {config.image_size} px")
+        if train.recalibrate_bn:
             how += ", tested with BatchNorm statistics of the un-augmented training images"
         groups.setdefault(how, []).append(name)
     parts = [f"{how}: {', '.join(names)}." for how, names in groups.items()]

@@ -69,10 +69,7 @@ class SmallMapDepthwiseConv2d(nn.Conv2d):
         index, out_h, out_w = _tap_index(height, width, self, x.device)
         taps = F.pad(self.weight.flatten(1), (0, 1))  # (C, kh * kw + 1), the last tap is zero
         kernel = taps[:, index]  # (C, P, Q)
-        if height * width == 1:
-            out = x.reshape(batch, channels, 1) * kernel.reshape(1, channels, -1)
-        else:
-            out = (x.reshape(batch, channels, height * width, 1) * kernel.unsqueeze(0)).sum(2)
+        out = (x.reshape(batch, channels, height * width, 1) * kernel.unsqueeze(0)).sum(2)
         out = out.reshape(batch, channels, out_h, out_w)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1)
@@ -88,8 +85,6 @@ class SmallMapPointwiseConv2d(nn.Conv2d):
         if x.device.type != "cpu" or height * width > MAX_POSITIONS:
             return super().forward(x)
         weight = self.weight.reshape(self.out_channels, channels)
-        if height * width == 1:
-            return F.linear(x.reshape(batch, channels), weight, self.bias).reshape(batch, -1, 1, 1)
         rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
         return F.linear(rows, weight, self.bias).reshape(batch, height, width, -1).permute(0, 3, 1, 2)
 
@@ -100,7 +95,7 @@ def _is_depthwise(conv: nn.Conv2d) -> bool:
 
 
 def _is_pointwise(conv: nn.Conv2d) -> bool:
-    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 and conv.padding in ((0, 0), 0)
+    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 and conv.padding == (0, 0)
 
 
 def use_small_map_kernels(model: nn.Module) -> int:
