@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (default: $DASK_SCHEDULER_ADDRESS, "
                         "else a local cluster)")
-    p.add_argument("--workers", type=int, default=None, help="local cluster workers")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local cluster workers (default: one per fold up to the cores; one on a CUDA machine)")
     p.add_argument("--out", required=True, type=Path, help="experiment folder")
     p.set_defaults(func=cmd_loso)
 

@@ -6,7 +6,8 @@ Layout of an experiment folder (``out_dir``, e.g. ``papermill_runs/<experiment>/
     config.json                 the resolved ExperimentConfig and the kit version
     fold_05_sub06/              fold 5 tests the 6th subject in sorted order
         predictions.csv         dataset, subject, clip, true_label, pred_label, prob_<class>...
-        fold.json               what the fold computed (wall time, device, losses, n_train)
+        fold.json               what the fold computed (wall time and where it went, device,
+                                precision, peak GPU memory, losses, n_train)
         loss_curve.png          (papermill path) the notebook's figure
         03_train.ipynb          (papermill path) the executed notebook
         done.json               completion marker, written last and atomically
@@ -19,7 +20,8 @@ follows cookiecutter-data-science: raw data in ``<root>``, the preprocessing cac
 ``papermill_runs/`` and ``reports/``.
 
 Dask: by default a LocalCluster of processes, one thread each, as many as there are folds
-and cores (or ``workers``), each fold's torch limited to cores // workers threads (or
+and cores (or ``workers``; one on a machine with CUDA, see :func:`default_local_workers`),
+each fold's torch limited to cores // workers threads (or
 ``$OMP_NUM_THREADS``, see :func:`fold_threads`); or the
 scheduler given as ``scheduler=`` or ``$DASK_SCHEDULER_ADDRESS``. On a GPU machine start each worker with one
 GPU and one thread, e.g. ``CUDA_VISIBLE_DEVICES=0 dask worker tcp://host:8786 --nthreads 1
@@ -166,10 +168,15 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
         images = preprocess_samples(samples, method=config.method, cache_dir=config.cache_dir, n_key=config.n_key,
                                     face_crop=config.face_crop, size=config.preprocess_size, workers=1, progress=False)
         arrays = {key: load_image(path) for key, path in images.paths.items()}
+        training = time.perf_counter()
         result = train_fold(samples, subject, config.train_config(torch_threads, progress), arrays)
         predictions = result.to_frame()
         trained = dict(n_train=result.n_train, device=result.device, pretrained=result.pretrained,
-                       weights=config.pretrained_weights, epoch_losses=[float(x) for x in result.epoch_losses])
+                       weights=config.pretrained_weights, epoch_losses=[float(x) for x in result.epoch_losses],
+                       precision=result.config.get("amp_dtype", "float32"),
+                       loader_workers=result.config.get("num_workers"),
+                       gpu_peak_memory_mib=result.gpu_peak_memory_mib,
+                       seconds={"load": round(training - started, 3), **result.seconds})
     check_coverage(predictions, test)
     write_predictions(predictions, fold_dir / PREDICTIONS_FILE)
     record = dict(fold=fold, subject=subject, method=config.method, n_test=len(test), **trained,
@@ -290,6 +297,17 @@ def fold_threads(workers_per_host: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers_per_host))
 
 
+def default_local_workers(n_folds: int) -> int:
+    """Folds a local cluster runs at a time when ``workers`` is not given: one on a machine
+    with CUDA (each fold takes the whole GPU, and folds sharing it only queue for it), else
+    as many as there are folds and cores."""
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    return max(1, min(os.cpu_count() or 1, n_folds))
+
+
 _KEPT_CLUSTERS: dict[int, tuple] = {}  # workers -> (cluster, client): one local cluster per process, reused
 
 
@@ -319,7 +337,7 @@ def _open_client(scheduler: str | None, workers: int | None, n_folds: int):
         client = Client(address)
         hosts = [w.get("host") for w in client.scheduler_info().get("workers", {}).values()]
         return client, True, fold_threads(max((hosts.count(h) for h in set(hosts)), default=1))
-    n_workers = workers or max(1, min(os.cpu_count() or 1, n_folds))
+    n_workers = workers or default_local_workers(n_folds)
     kept = _KEPT_CLUSTERS.get(n_workers)
     if kept is not None and kept[1].status == "running" and len(kept[1].scheduler_info().get("workers", {})):
         return kept[1], False, fold_threads(n_workers)

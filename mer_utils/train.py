@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCHEDULES = ("cosine", "constant")
+# On CUDA the paper's augmentation of a 320 px batch of 16 in the training process (84 ms on an
+# H200 machine) outlasted the GPU step (55 ms): 6 loader processes made a full-gpu fold 1.7x as
+# fast there (README, "Running on a GPU"). A fixed number, not one per core, so that the
+# augmentation's random streams, and the results, do not depend on the machine.
+CUDA_LOADER_WORKERS = 6
 RECALIBRATION_CHUNK = 64  # samples per forward pass when BatchNorm statistics are recalibrated
 
 
@@ -62,7 +67,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with GradScaler); CPU is float32
     channels_last: bool = True  # channels-last memory format on CUDA; ignored on CPU
-    num_workers: int = 0  # DataLoader workers for the on-the-fly augmentation (raise it on a GPU)
+    num_workers: int | None = None  # DataLoader processes augmenting the batches; None: 0 on CPU, CUDA_LOADER_WORKERS on CUDA
     pretrained_weights: str | None = None  # "imagenet" (timm's weights), a local weights file, or None = from scratch
     classes: tuple[str, ...] | None = None  # class names in protocol order; None = sorted labels
     max_threads: int | None = None  # torch CPU threads during the fold; None = leave as is
@@ -80,8 +85,18 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig: lr and fc_lr must be positive, got {self.lr}, {self.fc_lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"TrainConfig: label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.num_workers is not None and (isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int)
+                                             or self.num_workers < 0):
+            raise ConfigError(f"TrainConfig: num_workers must be None or a whole number >= 0, got {self.num_workers!r}")
         if self.classes is not None:
             self.classes = tuple(self.classes)
+
+    def loader_workers(self, device: torch.device) -> int:
+        """DataLoader processes on ``device``: ``num_workers``, or by default 0 on CPU (the
+        augmentation is a small share of a CPU step) and CUDA_LOADER_WORKERS on CUDA."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return CUDA_LOADER_WORKERS if device.type == "cuda" else 0
 
 
 @dataclass
@@ -105,6 +120,8 @@ class FoldResult:
     pretrained: bool  # False: the backbone was trained from scratch
     n_train: int
     config: dict = field(default_factory=dict)
+    gpu_peak_memory_mib: float | None = None  # CUDA: peak memory torch allocated during the fold; CPU: None
+    seconds: dict = field(default_factory=dict)  # wall seconds: "epochs" (a list), "recalibrate", "predict"
 
     def to_frame(self) -> pd.DataFrame:
         """The predictions table: dataset, subject, clip, true_label, pred_label, prob_<class>..."""
@@ -266,12 +283,16 @@ def train_fold(
         raise ConfigError("without CGPO a training batch needs >= 2 images (ReXNet's SE blocks use BatchNorm)")
     classes = config.classes or tuple(sorted({s.label for s in samples}))
     device = _resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     with _reproducible(config.seed, device, config.max_threads):
         test_images = _as_tensors(test, images, config.image_size)
         test_labels = _labels(test, classes)
         fitted = _fit(train, classes, config, images, device, desc=f"fold {test_subject}")
+        predicting = time.perf_counter()
         probs = _predict(fitted.model, test_images, config, device, fitted.autocast)
+        seconds = {**fitted.seconds, "predict": round(time.perf_counter() - predicting, 3)}
 
     predicted = probs.argmax(axis=1)
     return FoldResult(
@@ -292,13 +313,16 @@ def train_fold(
         pretrained=fitted.model.pretrained,
         n_train=fitted.n_train,
         config=_config_record(config, classes, fitted),
+        gpu_peak_memory_mib=round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
+        seconds=seconds,
     )
 
 
 def _config_record(config: TrainConfig, classes: tuple[str, ...], fitted: "TrainedModel") -> dict:
     return {**dataclasses.asdict(config), "classes": list(classes),
             "pretrained_weights": None if config.pretrained_weights is None else str(config.pretrained_weights),
-            "amp_dtype": str(fitted.amp_dtype).removeprefix("torch.") if fitted.amp else "float32"}
+            "amp_dtype": str(fitted.amp_dtype).removeprefix("torch.") if fitted.amp else "float32",
+            "num_workers": config.loader_workers(fitted.device)}
 
 
 @dataclass
@@ -313,6 +337,7 @@ class TrainedModel:
     amp_dtype: torch.dtype
     channels_last: bool
     n_train: int
+    seconds: dict = field(default_factory=dict)  # "epochs": each epoch's wall seconds; "recalibrate"
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
@@ -341,10 +366,12 @@ def _fit(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig,
         model = model.to(memory_format=torch.channels_last)
         model.channels_last = True
     fitted = TrainedModel(model, classes, [], device, amp, amp_dtype, channels_last, len(train))
-    fitted.epoch_losses = _train(model, train_set, config, device, fitted.autocast,
-                                 use_scaler=amp and amp_dtype == torch.float16, desc=desc)
+    fitted.epoch_losses, fitted.seconds["epochs"] = _train(model, train_set, config, device, fitted.autocast,
+                                                           use_scaler=amp and amp_dtype == torch.float16, desc=desc)
     if config.recalibrate_bn:
+        started = time.perf_counter()
         recalibrate_batchnorm(model, train_set.images, config, device, fitted.autocast)
+        fitted.seconds["recalibrate"] = round(time.perf_counter() - started, 3)
     return fitted
 
 
@@ -431,16 +458,18 @@ def predict_probs(model: CropNet, images: Sequence[np.ndarray], config: TrainCon
 
 
 def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: torch.device, autocast,
-           use_scaler: bool, desc: str) -> list[float]:
-    """``config.epochs`` epochs of AdamP on label-smoothing cross-entropy; returns each epoch's mean loss."""
+           use_scaler: bool, desc: str) -> tuple[list[float], list[float]]:
+    """``config.epochs`` epochs of AdamP on label-smoothing cross-entropy; returns each epoch's
+    mean loss and wall seconds (the first includes starting the loader processes)."""
+    workers = config.loader_workers(device)
     loader = DataLoader(
         train_set,
         batch_size=config.batch_size,
         shuffle=True,
         # every sample every epoch; only a last batch of one image is dropped (BatchNorm needs two)
         drop_last=len(train_set) % config.batch_size == 1,
-        num_workers=config.num_workers,
-        persistent_workers=config.num_workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(config.seed),
         pin_memory=device.type == "cuda",
     )
@@ -463,6 +492,7 @@ def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: to
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     epoch_losses: list[float] = []
+    epoch_seconds: list[float] = []
     bar = tqdm(range(config.epochs), desc=desc, disable=not config.progress, leave=False)
     for epoch in bar:
         model.train()
@@ -480,10 +510,11 @@ def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: to
             loss_sum += loss.item() * len(labels)
             seen += len(labels)
         epoch_losses.append(loss_sum / seen)
-        rate = seen / (time.perf_counter() - epoch_start)
+        epoch_seconds.append(round(time.perf_counter() - epoch_start, 3))
+        rate = seen / epoch_seconds[-1]
         bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", samples_per_s=f"{rate:.1f}")
         log.info("%s epoch %d/%d loss %.4f %.1f samples/s", desc, epoch + 1, config.epochs, epoch_losses[-1], rate)
-    return epoch_losses
+    return epoch_losses, epoch_seconds
 
 
 @torch.inference_mode()

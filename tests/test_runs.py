@@ -2,12 +2,14 @@
 notebook path, the LBP-TOP baseline and failing folds, on the small synthetic CASME II set
 with tiny CropNet settings (1 epoch, 32 px)."""
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from mer_utils.data import load_samples
 from mer_utils.errors import ConfigError, DatasetError, MerError
@@ -121,6 +123,19 @@ def test_local_cluster_runs_two_folds_and_scores_them(two_fold_run, data_root):
     done = json.loads((out / "fold_01_sub02" / DONE_FILE).read_text())
     assert done["subject"] == "sub02" and done["n_train"] == len(load_samples(data_root, "casme2-5class")) - 7
     assert done["device"] == "cpu" and done["pretrained"] is False and len(done["epoch_losses"]) == 1
+    # where the fold's time went, and how it ran: float32 on the CPU, no loader processes, no GPU memory
+    assert done["precision"] == "float32" and done["loader_workers"] == 0 and done["gpu_peak_memory_mib"] is None
+    assert set(done["seconds"]) == {"load", "epochs", "recalibrate", "predict"} and len(done["seconds"]["epochs"]) == 1
+    assert sum(done["seconds"]["epochs"]) + done["seconds"]["load"] <= done["wall_time_s"]
+
+
+def test_a_local_cluster_runs_one_fold_at_a_time_on_a_cuda_machine(monkeypatch):
+    from mer_utils.runs import default_local_workers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_local_workers(26) == 1  # each fold takes the whole GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_local_workers(26) == min(os.cpu_count() or 1, 26) and default_local_workers(1) == 1
 
 
 @pytest.mark.slow

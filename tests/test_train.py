@@ -9,7 +9,7 @@ import torch
 
 from mer_utils.data.sample import Sample
 from mer_utils.errors import ConfigError
-from mer_utils.train import TrainConfig, build_transform, split_fold, train_fold
+from mer_utils.train import CUDA_LOADER_WORKERS, TrainConfig, build_transform, split_fold, train_fold
 
 CLASSES = ("alpha", "beta", "gamma", "delta")
 
@@ -210,3 +210,21 @@ def test_batchnorm_statistics_are_recalibrated_on_the_training_images():
         if key.endswith("num_batches_tracked"):
             continue
         torch.testing.assert_close(value, before[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
+
+
+def test_loader_processes_default_to_none_on_cpu_and_a_fixed_number_on_cuda():
+    assert TrainConfig().loader_workers(torch.device("cpu")) == 0
+    assert TrainConfig().loader_workers(torch.device("cuda")) == CUDA_LOADER_WORKERS == 6
+    assert TrainConfig(num_workers=2).loader_workers(torch.device("cpu")) == 2
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="num_workers"):
+            TrainConfig(num_workers=bad)
+
+
+@pytest.mark.slow
+def test_loader_processes_give_a_repeatable_fold():
+    """Two loader processes draw their own augmentation; the same setting gives the same fold."""
+    samples, images = make_fold_data(12, 3, 32)
+    first, second = (train_fold(samples, "sub01", tiny_config(num_workers=2), images) for _ in range(2))
+    assert first.epoch_losses == second.epoch_losses and np.array_equal(first.probs, second.probs)
+    assert first.config["num_workers"] == 2 and len(first.seconds["epochs"]) == 2
