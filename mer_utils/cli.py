@@ -54,7 +54,11 @@ def _add_training_args(p: argparse.ArgumentParser, methods: tuple[str, ...] | No
     p.add_argument("--method", default=CROPNET_METHODS[0], choices=methods or METHODS)
     p.add_argument("--epochs", type=int, default=None,
                    help=f"training epochs, fixed before the run (default {train.epochs})")
-    p.add_argument("--lr", type=float, default=None, help=f"AdamP peak learning rate (default {train.lr:g})")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"AdamP peak learning rate of the weights that feed a BatchNorm (default {train.lr:g})")
+    p.add_argument("--fc-lr", type=float, default=None,
+                   help=f"AdamP peak learning rate of the fully connected layers: head FC, p_i, final FC "
+                        f"(default {train.fc_lr:g})")
     p.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default {train.batch_size})")
     p.add_argument("--image-size", type=int, default=None, help=f"CropNet input side (default {train.image_size})")
     p.add_argument("--backbone", default=None, help=f"timm backbone (default {train.backbone})")
@@ -167,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     folder = train_protocol(
         args.root, args.protocol, args.out, method=args.method, megc_list=_megc_list(args.megc_list),
         apex=args.apex, epochs=args.epochs, image_size=args.image_size, preprocess_size=args.preprocess_size,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, n_key=args.n_key, cgpo=False if args.no_cgpo else None,
+        batch_size=args.batch_size, lr=args.lr, fc_lr=args.fc_lr, seed=args.seed, n_key=args.n_key, cgpo=False if args.no_cgpo else None,
         face_crop=args.face_crop, backbone=args.backbone, cache_dir=args.cache_dir,
         pretrained_weights=args.pretrained_weights, workers=args.workers, max_threads=args.threads,
         overwrite=args.overwrite)

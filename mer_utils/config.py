@@ -24,9 +24,9 @@ from mer_utils.errors import ConfigError
 CROPNET_METHODS = ("ars", "rrs", "farneback", "tvl1")  # the CropNet input images (preprocess.METHODS)
 METHODS = CROPNET_METHODS + ("lbptop",)  # ... and the MEGC2019 baseline
 NO_WEIGHTS = ("", "none")  # pretrained_weights values meaning "train from scratch"
-CROPNET_FIELDS = ("epochs", "image_size", "batch_size", "lr", "cgpo", "backbone", "pretrained_weights", "n_key",
+CROPNET_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "cgpo", "backbone", "pretrained_weights", "n_key",
                   "preprocess_size")
-TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "cgpo", "backbone")  # defaults from TrainConfig
+TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "cgpo", "backbone")  # defaults from TrainConfig
 LBPTOP_FIELDS = ("lbptop_frames", "lbptop_size")
 # Recorded in config.json but not compared on resume: the cache is keyed by its parameters,
 # so where it lives does not change any result.
@@ -69,6 +69,7 @@ class ExperimentConfig:
     image_size: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    fc_lr: float | None = None
     seed: int | None = None
     n_key: int | None = None
     cgpo: bool | None = None
@@ -123,8 +124,10 @@ class ExperimentConfig:
             value = getattr(config, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if config.lr is not None and not (isinstance(config.lr, (int, float)) and config.lr > 0):
-            raise ConfigError(f"lr must be a positive number, got {config.lr!r}")
+        for name in ("lr", "fc_lr"):
+            value = getattr(config, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
         return config
 
     def replace(self, **changes) -> "ExperimentConfig":
@@ -179,7 +182,7 @@ class ExperimentConfig:
         from mer_utils.train import TrainConfig
 
         return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, image_size=self.image_size,
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, fc_lr=self.fc_lr, image_size=self.image_size,
             cgpo=self.cgpo, backbone=self.backbone, seed=self.seed,
             pretrained_weights=self.pretrained_weights, classes=PROTOCOLS[self.protocol].classes,
             max_threads=max_threads, progress=progress,

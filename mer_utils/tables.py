@@ -198,7 +198,7 @@ def training_note(experiments: Mapping[str, object]) -> str:
         epochs = f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}"
         train = config.train_config()
         how = (f"CropNet trained {start}, {epochs} (fixed before the run), lr {config.lr:g} "
-               f"(fully connected layers {train.fc_lr:g}), batch {config.batch_size}, at {config.image_size} px")
+               f"(fully connected layers {config.fc_lr:g}), batch {config.batch_size}, at {config.image_size} px")
         if train.recalibrate_bn:
             how += ", tested with BatchNorm statistics of the un-augmented training images"
         groups.setdefault(how, []).append(name)

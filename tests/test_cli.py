@@ -40,6 +40,16 @@ def test_parser_knows_every_method():
     assert args.method == "lbptop"
 
 
+def test_both_learning_rates_reach_the_configuration(tmp_path):
+    from mer_utils.cli import _experiment_config
+
+    args = build_parser().parse_args(["loso", "--root", str(tmp_path), "--protocol", "casme2-5class",
+                                      "--lr", "2e-3", "--fc-lr", "3e-5", "--out", "o"])
+    config = _experiment_config(args)
+    assert (config.lr, config.fc_lr) == (2e-3, 3e-5)
+    assert config.resolved().train_config().fc_lr == 3e-5
+
+
 def test_metrics_on_an_empty_or_binary_file_is_one_line_and_status_2(tmp_path):
     empty, binary = tmp_path / "empty.csv", tmp_path / "model.pt"
     empty.write_bytes(b"")

@@ -88,8 +88,12 @@ def test_folds_are_sorted_subjects_whatever_the_sample_order(data_root):
 def test_config_resolves_defaults_and_round_trips_through_json(data_root):
     config = ExperimentConfig(root=str(data_root), protocol="casme2-5class").resolved()
     defaults = TrainConfig()
-    assert (config.epochs, config.batch_size, config.image_size, config.lr, config.backbone) == (
-        defaults.epochs, defaults.batch_size, defaults.image_size, defaults.lr, defaults.backbone)
+    assert (config.epochs, config.batch_size, config.image_size, config.lr, config.fc_lr, config.backbone) == (
+        defaults.epochs, defaults.batch_size, defaults.image_size, defaults.lr, defaults.fc_lr, defaults.backbone)
+    assert config.replace(fc_lr=3e-5).train_config().fc_lr == 3e-5  # reaches the optimiser's FC group
+    for bad in (0, -1e-4, "fast"):
+        with pytest.raises(ConfigError, match="fc_lr must be a positive number"):
+            config.replace(fc_lr=bad).resolved()
     assert (config.seed, config.n_key, config.face_crop, config.preprocess_size) == (0, 5, "dlib", 320)
     assert Path(config.cache_dir) == data_root.parent / "interim" / "cache"
     assert ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
