@@ -24,8 +24,8 @@ from mer_utils.errors import ConfigError
 CROPNET_METHODS = ("ars", "rrs", "farneback", "tvl1")  # the CropNet input images (preprocess.METHODS)
 METHODS = CROPNET_METHODS + ("lbptop",)  # ... and the MEGC2019 baseline
 NO_WEIGHTS = ("", "none")  # pretrained_weights values meaning "train from scratch"
-CROPNET_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "cgpo", "backbone", "pretrained_weights", "n_key",
-                  "preprocess_size")
+CROPNET_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "cgpo", "backbone", "pretrained_weights",
+                  "n_key", "preprocess_size")
 TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "cgpo", "backbone")  # defaults from TrainConfig
 LBPTOP_FIELDS = ("lbptop_frames", "lbptop_size")
 # Recorded in config.json but not compared on resume: the cache is keyed by its parameters,

@@ -67,7 +67,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with GradScaler); CPU is float32
     channels_last: bool = True  # channels-last memory format on CUDA; ignored on CPU
-    num_workers: int | None = None  # DataLoader processes augmenting the batches; None: 0 on CPU, CUDA_LOADER_WORKERS on CUDA
+    num_workers: int | None = None  # DataLoader processes for augmentation; None: 0 on CPU, CUDA_LOADER_WORKERS on CUDA
     pretrained_weights: str | None = None  # "imagenet" (timm's weights), a local weights file, or None = from scratch
     classes: tuple[str, ...] | None = None  # class names in protocol order; None = sorted labels
     max_threads: int | None = None  # torch CPU threads during the fold; None = leave as is
@@ -295,6 +295,7 @@ def train_fold(
         seconds = {**fitted.seconds, "predict": round(time.perf_counter() - predicting, 3)}
 
     predicted = probs.argmax(axis=1)
+    peak = round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
     return FoldResult(
         test_subject=test_subject,
         keys=[s.key for s in test],
@@ -313,7 +314,7 @@ def train_fold(
         pretrained=fitted.model.pretrained,
         n_train=fitted.n_train,
         config=_config_record(config, classes, fitted),
-        gpu_peak_memory_mib=round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
+        gpu_peak_memory_mib=peak,
         seconds=seconds,
     )
 
