@@ -67,7 +67,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with GradScaler); CPU is float32
     channels_last: bool = True  # channels-last memory format on CUDA; ignored on CPU
-    num_workers: int | None = None  # DataLoader processes for augmentation; None: 0 on CPU, CUDA_LOADER_WORKERS on CUDA
+    num_workers: int | None = None  # DataLoader processes; None: 0 on CPU, CUDA_LOADER_WORKERS on CUDA
     pretrained_weights: str | None = None  # "imagenet" (timm's weights), a local weights file, or None = from scratch
     classes: tuple[str, ...] | None = None  # class names in protocol order; None = sorted labels
     max_threads: int | None = None  # torch CPU threads during the fold; None = leave as is
