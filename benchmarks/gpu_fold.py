@@ -1,0 +1,106 @@
+"""One LOSO fold at the paper's settings, measured side by side (run by hand; not a test).
+
+    mer synth --out data/synthetic-full --full
+    .venv/bin/python benchmarks/gpu_fold.py --root data/synthetic-full --epochs 5
+
+Trains fold 0 of ``--protocol`` (CASME II 5-class by default) with the configuration's
+settings (320 px, batch 16, CGPO; ``--epochs`` fewer than the 30 to keep it short) on the
+default device (CUDA when available), once for each number of DataLoader processes in
+``--loader-workers`` (default: none, then the default for this device), each in the calling
+process and, with ``--dask``, once more in a one-worker local Dask cluster as ``mer loso``
+runs it. Prints, per run: wall seconds, seconds per epoch (the first one starts the loader
+processes), recalibration and prediction seconds, peak GPU memory, and the ratio of each
+run's time to the first one's (times exclude loading the samples and images). Preprocessing
+goes through the usual cache first and is not timed. On a CPU-only machine it runs too (slowly at 320 px: pass ``--image-size 64``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+
+def _fold_in_process(config, fold: int, loader_workers: int | None) -> dict:
+    from mer_utils.data import load_samples
+    from mer_utils.preprocess import load_image, preprocess_samples
+    from mer_utils.runs import leave_one_subject_out
+    from mer_utils.train import train_fold
+
+    samples = load_samples(config.root, config.protocol, megc_list=config.megc_list)
+    subject = leave_one_subject_out(samples)[fold]
+    images = preprocess_samples(samples, method=config.method, cache_dir=config.cache_dir, n_key=config.n_key,
+                                face_crop=config.face_crop, size=config.preprocess_size, workers=1, progress=False)
+    arrays = {key: load_image(path) for key, path in images.paths.items()}
+    train = dataclasses.replace(config.train_config(), num_workers=loader_workers)
+    started = time.perf_counter()
+    result = train_fold(samples, subject, train, arrays)
+    return {"wall": time.perf_counter() - started, "seconds": result.seconds, "peak": result.gpu_peak_memory_mib,
+            "device": result.device, "precision": result.config.get("amp_dtype"),
+            "loader": result.config.get("num_workers"), "subject": subject, "n_train": result.n_train,
+            "losses": result.epoch_losses}
+
+
+def _fold_in_dask(config, fold: int) -> dict:
+    from mer_utils.runs import run_experiment
+
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        result = run_experiment(config, Path(folder) / "experiment", folds=[fold], workers=1, use_papermill=False,
+                                progress=False)
+        wall = time.perf_counter() - started
+        if result.failures:
+            raise SystemExit(f"the Dask fold failed: {result.failures}")
+        record = json.loads((result.fold_dirs[fold] / "fold.json").read_text())
+    # the fold's wall time less loading the samples and images, as train_fold is timed in process
+    return {"wall": record["wall_time_s"] - record["seconds"]["load"], "seconds": record["seconds"], "peak": record["gpu_peak_memory_mib"],
+            "device": record["device"], "precision": record["precision"], "loader": record["loader_workers"],
+            "subject": record["subject"], "n_train": record["n_train"], "losses": record["epoch_losses"],
+            "with_cluster": wall}
+
+
+def main() -> None:
+    from mer_utils.config import ExperimentConfig
+    from mer_utils.runs import prepare_inputs
+    from mer_utils.data import load_samples
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", required=True, type=Path, help="data root (e.g. mer synth --full output)")
+    parser.add_argument("--protocol", default="casme2-5class")
+    parser.add_argument("--method", default="ars")
+    parser.add_argument("--face-crop", default=None, help="default: the configuration's (dlib)")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per fold (the configuration's default is 30)")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the configuration's (320)")
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--loader-workers", default="0,default",
+                        help="comma-separated DataLoader process counts; 'default' is the device's default")
+    parser.add_argument("--dask", action="store_true", help="also run the fold in a one-worker local Dask cluster")
+    args = parser.parse_args()
+
+    config = ExperimentConfig(root=str(args.root), protocol=args.protocol, method=args.method,
+                              face_crop=args.face_crop, epochs=args.epochs, image_size=args.image_size).resolved()
+    prepare_inputs(config, load_samples(config.root, config.protocol), workers=None, progress=True)
+    runs = []
+    for value in args.loader_workers.split(","):
+        workers = None if value.strip() == "default" else int(value)
+        runs.append((f"in process, loader processes {value.strip()}", _fold_in_process(config, args.fold, workers)))
+    if args.dask:
+        runs.append(("one-worker local Dask cluster, loader processes default", _fold_in_dask(config, args.fold)))
+    first = runs[0][1]
+    print(f"\nfold {args.fold} ({first['subject']}, {first['n_train']} training clips), {config.epochs} epochs at "
+          f"{config.image_size} px, batch {config.batch_size}, on {first['device']} ({first['precision']})")
+    for name, run in runs:
+        epochs = run["seconds"].get("epochs", [])
+        rest = epochs[1:] or epochs
+        peak = "n/a (CPU)" if run["peak"] is None else f"{run['peak']:.0f} MiB"
+        print(f"- {name} ({run['loader']} used): {run['wall']:.1f} s, ratio {run['wall'] / first['wall']:.2f}; "
+              f"first epoch {epochs[0] if epochs else float('nan'):.1f} s, later epochs "
+              f"{sum(rest) / max(1, len(rest)):.1f} s each; recalibrate {run['seconds'].get('recalibrate', 0):.1f} s, "
+              f"predict {run['seconds'].get('predict', 0):.1f} s; peak GPU memory {peak}; "
+              f"final loss {run['losses'][-1]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
