@@ -221,6 +221,16 @@ def test_loader_processes_default_to_none_on_cpu_and_a_fixed_number_on_cuda():
             TrainConfig(num_workers=bad)
 
 
+def test_loader_processes_are_forked_on_linux_whatever_the_default_start_method():
+    """A Dask worker's default start method is "spawn"; the loader names "fork" itself."""
+    import sys
+
+    from mer_utils.train import loader_start_method
+
+    assert loader_start_method(0) is None  # no loader processes: nothing to start
+    assert loader_start_method(6) == ("fork" if sys.platform.startswith("linux") else None)
+
+
 @pytest.mark.slow
 def test_loader_processes_give_a_repeatable_fold():
     """Two loader processes draw their own augmentation; the same setting gives the same fold."""
