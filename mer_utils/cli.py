@@ -68,6 +68,9 @@ def _add_training_args(p: argparse.ArgumentParser, methods: tuple[str, ...] | No
     p.add_argument("--seed", type=int, default=None, help=f"seed (default {train.seed})")
     p.add_argument("--n-key", type=int, default=None, help=f"key frames per clip, N_key (default {N_KEY})")
     p.add_argument("--no-cgpo", action="store_true", help="single-image ablation variant")
+    p.add_argument("--no-recalibrate-bn", action="store_true",
+                   help="test with BatchNorm's running averages, as the paper does, instead of the statistics "
+                        "of one pass over the un-augmented training images (the kit's default)")
     p.add_argument("--face-crop", default=None, choices=FACE_CROPS, help=f"default {FACE_CROP}")
     p.add_argument("--preprocess-size", type=int, default=None,
                    help=f"side of the cached preprocessed images (default {PREPROCESS_SIZE})")
@@ -80,6 +83,7 @@ def _experiment_config(args: argparse.Namespace):
 
     values = {k: v for k, v in vars(args).items() if k != "func"}
     values.update(root=str(Path(args.root).resolve()), cgpo=False if args.no_cgpo else None,
+                  recalibrate_bn=False if args.no_recalibrate_bn else None,
                   megc_list=str(Path(str(_megc_list(args.megc_list))).resolve()) if args.megc_list else "",
                   cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else "",
                   pretrained_weights=(str(Path(args.pretrained_weights).resolve())
@@ -172,7 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.root, args.protocol, args.out, method=args.method, megc_list=_megc_list(args.megc_list),
         apex=args.apex, epochs=args.epochs, image_size=args.image_size, preprocess_size=args.preprocess_size,
         batch_size=args.batch_size, lr=args.lr, fc_lr=args.fc_lr, seed=args.seed, n_key=args.n_key,
-        cgpo=False if args.no_cgpo else None,
+        cgpo=False if args.no_cgpo else None, recalibrate_bn=False if args.no_recalibrate_bn else None,
         face_crop=args.face_crop, backbone=args.backbone, cache_dir=args.cache_dir,
         pretrained_weights=args.pretrained_weights, workers=args.workers, max_threads=args.threads,
         overwrite=args.overwrite)

@@ -24,9 +24,10 @@ from mer_utils.errors import ConfigError
 CROPNET_METHODS = ("ars", "rrs", "farneback", "tvl1")  # the CropNet input images (preprocess.METHODS)
 METHODS = CROPNET_METHODS + ("lbptop",)  # ... and the MEGC2019 baseline
 NO_WEIGHTS = ("", "none")  # pretrained_weights values meaning "train from scratch"
-CROPNET_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "cgpo", "backbone", "pretrained_weights",
-                  "n_key", "preprocess_size")
-TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "cgpo", "backbone")  # defaults from TrainConfig
+CROPNET_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "cgpo", "recalibrate_bn", "backbone",
+                  "pretrained_weights", "n_key", "preprocess_size")
+# defaults from TrainConfig
+TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "cgpo", "recalibrate_bn", "backbone")
 LBPTOP_FIELDS = ("lbptop_frames", "lbptop_size")
 # Recorded in config.json but not compared on resume: the cache is keyed by its parameters,
 # so where it lives does not change any result.
@@ -73,6 +74,7 @@ class ExperimentConfig:
     seed: int | None = None
     n_key: int | None = None
     cgpo: bool | None = None
+    recalibrate_bn: bool | None = None
     face_crop: str | None = None
     cache_dir: str | None = None
     backbone: str | None = None
@@ -124,6 +126,10 @@ class ExperimentConfig:
             value = getattr(config, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("cgpo", "recalibrate_bn"):
+            value = getattr(config, name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"{name} must be True or False, got {value!r}")
         for name in ("lr", "fc_lr"):
             value = getattr(config, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
@@ -183,7 +189,7 @@ class ExperimentConfig:
 
         return TrainConfig(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, fc_lr=self.fc_lr, image_size=self.image_size,
-            cgpo=self.cgpo, backbone=self.backbone, seed=self.seed,
+            cgpo=self.cgpo, recalibrate_bn=self.recalibrate_bn, backbone=self.backbone, seed=self.seed,
             pretrained_weights=self.pretrained_weights, classes=PROTOCOLS[self.protocol].classes,
             max_threads=max_threads, progress=progress,
         )

@@ -86,7 +86,7 @@ def train_protocol(root: str | Path, protocol: str, out_dir: str | Path, *, meth
                    megc_list: str | Path | None = None, apex: str = "annotated", epochs: int | None = None,
                    image_size: int | None = None, preprocess_size: int | None = None, batch_size: int | None = None,
                    lr: float | None = None, fc_lr: float | None = None, seed: int | None = None,
-                   n_key: int | None = None, cgpo: bool | None = None,
+                   n_key: int | None = None, cgpo: bool | None = None, recalibrate_bn: bool | None = None,
                    face_crop: str | None = None, backbone: str | None = None, pretrained_weights: str | None = None,
                    cache_dir: str | Path | None = None, workers: int | None = 1, max_threads: int | None = None,
                    progress: bool = True, overwrite: bool = False) -> Path:
@@ -110,7 +110,7 @@ def train_protocol(root: str | Path, protocol: str, out_dir: str | Path, *, meth
     config = ExperimentConfig(
         root=str(root), protocol=protocol, method=method, megc_list=str(megc_list) if megc_list else None,
         epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr, fc_lr=fc_lr, seed=seed, n_key=n_key,
-        cgpo=cgpo,
+        cgpo=cgpo, recalibrate_bn=recalibrate_bn,
         face_crop=face_crop, cache_dir=str(cache_dir) if cache_dir else None, backbone=backbone,
         pretrained_weights=str(pretrained_weights) if pretrained_weights else None, preprocess_size=preprocess_size,
     ).resolved()
@@ -143,7 +143,7 @@ def train_protocol(root: str | Path, protocol: str, out_dir: str | Path, *, meth
                   "head_channels": train_config.head_channels, "embed_dim": train_config.embed_dim,
                   "pretrained_weights": config.pretrained_weights, "pretrained": fitted.model.pretrained},
         "training": {**{k: settings[k] for k in ("epochs", "batch_size", "lr", "fc_lr", "weight_decay",
-                                                 "label_smoothing", "schedule", "augment", "seed")},
+                                                 "label_smoothing", "schedule", "augment", "seed", "recalibrate_bn")},
                      "device": fitted.device.type, "epoch_losses": [round(float(x), 6) for x in fitted.epoch_losses],
                      "wall_time_s": round(time.perf_counter() - started, 1)},
         "training_data": _training_data(Path(config.root), samples),

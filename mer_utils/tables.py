@@ -196,11 +196,12 @@ def training_note(experiments: Mapping[str, object]) -> str:
         used = {r.get("weights", config.pretrained_weights) for r in records} or {config.pretrained_weights}
         start = " / ".join(sorted(weights_description(w) for w in used))
         epochs = f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}"
-        train = config.train_config()
         how = (f"CropNet trained {start}, {epochs} (fixed before the run), lr {config.lr:g} "
                f"(fully connected layers {config.fc_lr:g}), batch {config.batch_size}, at {config.image_size} px")
-        if train.recalibrate_bn:
+        if config.recalibrate_bn:
             how += ", tested with BatchNorm statistics of the un-augmented training images"
+        else:
+            how += ", tested with BatchNorm running averages (as the paper)"
         groups.setdefault(how, []).append(name)
     parts = [f"{how}: {', '.join(names)}." for how, names in groups.items()]
     if baseline:

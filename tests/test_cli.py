@@ -48,6 +48,10 @@ def test_both_learning_rates_reach_the_configuration(tmp_path):
     config = _experiment_config(args)
     assert (config.lr, config.fc_lr) == (2e-3, 3e-5)
     assert config.resolved().train_config().fc_lr == 3e-5
+    assert config.resolved().recalibrate_bn is True
+    args = build_parser().parse_args(["loso", "--root", str(tmp_path), "--protocol", "casme2-5class",
+                                      "--no-recalibrate-bn", "--out", "o"])
+    assert _experiment_config(args).resolved().train_config().recalibrate_bn is False
 
 
 def test_metrics_on_an_empty_or_binary_file_is_one_line_and_status_2(tmp_path):

@@ -104,7 +104,8 @@ def configuration_defaults() -> dict:
     train, options = TrainConfig(), RunOptions()
     return {"epochs": train.epochs, "lr": train.lr, "fc_lr": train.fc_lr, "batch_size": train.batch_size,
             "image_size": train.image_size,
-            "cgpo": train.cgpo, "backbone": train.backbone, "seed": train.seed, "pretrained_weights": "none",
+            "cgpo": train.cgpo, "recalibrate_bn": train.recalibrate_bn, "backbone": train.backbone, "seed": train.seed,
+            "pretrained_weights": "none",
             "n_key": N_KEY, "preprocess_size": PREPROCESS_SIZE, "face_crop": FACE_CROP,
             "lbptop_frames": lbptop.FRAMES, "lbptop_size": lbptop.SIZE, "experiments_dir": EXPERIMENTS_DIR,
             "folds": options.folds, "scheduler": options.scheduler, "workers": options.workers,
@@ -136,7 +137,7 @@ def test_notebook_03_and_the_runner_build_the_same_configuration(tmp_path):
     by_runner = ExperimentConfig(root=str(tmp_path), protocol="casme2-5class").resolved()
     assert by_notebook == by_runner
     tuned = by_runner.replace(epochs=7, lr=2e-3, fc_lr=3e-5, batch_size=4, image_size=48, cgpo=False,
-                              n_key=3).resolved()
+                              recalibrate_bn=False, n_key=3).resolved()
     handed = fold_notebook_parameters(tuned, 0, tmp_path / "fold")
     assert ExperimentConfig.from_parameters({**defaults, **handed}).resolved() == tuned
 

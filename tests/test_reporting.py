@@ -187,6 +187,8 @@ def test_training_note_reads_the_fold_records(tmp_path):
     assert "from timm's ImageNet weights" in tables.training_note({"ARS + CropNet": cropnet})
     (fold / "fold.json").write_text(json.dumps({"pretrained": True, "weights": str(tmp_path / "rexnet.pth")}))
     assert "from local weights rexnet.pth" in tables.training_note({"ARS + CropNet": cropnet})
+    paper_way = ExperimentResult(config.replace(recalibrate_bn=False), tmp_path, {}, fold_dirs={0: fold})
+    assert "at 64 px, tested with BatchNorm running averages (as the paper)" in tables.training_note({"x": paper_way})
 
 
 # ----------------------------------------------------------------------------- figures and numbers

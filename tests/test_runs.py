@@ -94,6 +94,11 @@ def test_config_resolves_defaults_and_round_trips_through_json(data_root):
     for bad in (0, -1e-4, "fast"):
         with pytest.raises(ConfigError, match="fc_lr must be a positive number"):
             config.replace(fc_lr=bad).resolved()
+    # the kit's test-time BatchNorm recalibration is on by default and can be switched off (the paper's way)
+    assert config.recalibrate_bn is True and config.train_config().recalibrate_bn is True
+    assert config.replace(recalibrate_bn=False).resolved().train_config().recalibrate_bn is False
+    with pytest.raises(ConfigError, match="recalibrate_bn must be True or False"):
+        config.replace(recalibrate_bn="yes").resolved()
     assert (config.seed, config.n_key, config.face_crop, config.preprocess_size) == (0, 5, "dlib", 320)
     assert Path(config.cache_dir) == data_root.parent / "interim" / "cache"
     assert ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
