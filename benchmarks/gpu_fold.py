@@ -23,17 +23,9 @@ import time
 from pathlib import Path
 
 
-def _fold_in_process(config, fold: int, loader_workers: int | None) -> dict:
-    from mer_utils.data import load_samples
-    from mer_utils.preprocess import load_image, preprocess_samples
-    from mer_utils.runs import leave_one_subject_out
+def _fold_in_process(config, samples, arrays, subject: str, loader_workers: int | None) -> dict:
     from mer_utils.train import train_fold
 
-    samples = load_samples(config.root, config.protocol, megc_list=config.megc_list)
-    subject = leave_one_subject_out(samples)[fold]
-    images = preprocess_samples(samples, method=config.method, cache_dir=config.cache_dir, n_key=config.n_key,
-                                face_crop=config.face_crop, size=config.preprocess_size, workers=1, progress=False)
-    arrays = {key: load_image(path) for key, path in images.paths.items()}
     train = dataclasses.replace(config.train_config(), num_workers=loader_workers)
     started = time.perf_counter()
     result = train_fold(samples, subject, train, arrays)
@@ -47,24 +39,23 @@ def _fold_in_dask(config, fold: int) -> dict:
     from mer_utils.runs import run_experiment
 
     with tempfile.TemporaryDirectory() as folder:
-        started = time.perf_counter()
         result = run_experiment(config, Path(folder) / "experiment", folds=[fold], workers=1, use_papermill=False,
                                 progress=False)
-        wall = time.perf_counter() - started
         if result.failures:
             raise SystemExit(f"the Dask fold failed: {result.failures}")
         record = json.loads((result.fold_dirs[fold] / "fold.json").read_text())
     # the fold's wall time less loading the samples and images, as train_fold is timed in process
-    return {"wall": record["wall_time_s"] - record["seconds"]["load"], "seconds": record["seconds"], "peak": record["gpu_peak_memory_mib"],
-            "device": record["device"], "precision": record["precision"], "loader": record["loader_workers"],
-            "subject": record["subject"], "n_train": record["n_train"], "losses": record["epoch_losses"],
-            "with_cluster": wall}
+    return {"wall": record["wall_time_s"] - record["seconds"]["load"], "seconds": record["seconds"],
+            "peak": record["gpu_peak_memory_mib"], "device": record["device"], "precision": record["precision"],
+            "loader": record["loader_workers"], "subject": record["subject"], "n_train": record["n_train"],
+            "losses": record["epoch_losses"]}
 
 
 def main() -> None:
     from mer_utils.config import ExperimentConfig
-    from mer_utils.runs import prepare_inputs
     from mer_utils.data import load_samples
+    from mer_utils.preprocess import load_image, preprocess_samples
+    from mer_utils.runs import leave_one_subject_out
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, type=Path, help="data root (e.g. mer synth --full output)")
@@ -81,11 +72,17 @@ def main() -> None:
 
     config = ExperimentConfig(root=str(args.root), protocol=args.protocol, method=args.method,
                               face_crop=args.face_crop, epochs=args.epochs, image_size=args.image_size).resolved()
-    prepare_inputs(config, load_samples(config.root, config.protocol), workers=None, progress=True)
+    # the samples and their images, loaded once for every in-process run (the cache is filled first)
+    samples = load_samples(config.root, config.protocol, megc_list=config.megc_list)
+    images = preprocess_samples(samples, method=config.method, cache_dir=config.cache_dir, n_key=config.n_key,
+                                face_crop=config.face_crop, size=config.preprocess_size, workers=None, progress=True)
+    arrays = {key: load_image(path) for key, path in images.paths.items()}
+    subject = leave_one_subject_out(samples)[args.fold]
     runs = []
     for value in args.loader_workers.split(","):
         workers = None if value.strip() == "default" else int(value)
-        runs.append((f"in process, loader processes {value.strip()}", _fold_in_process(config, args.fold, workers)))
+        runs.append((f"in process, loader processes {value.strip()}",
+                     _fold_in_process(config, samples, arrays, subject, workers)))
     if args.dask:
         runs.append(("one-worker local Dask cluster, loader processes default", _fold_in_dask(config, args.fold)))
     first = runs[0][1]

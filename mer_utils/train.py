@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import multiprocessing
 import random
 import sys
 import time
@@ -215,9 +214,7 @@ def loader_start_method(workers: int) -> str | None:
     loader processes only augment CPU tensors and never touch CUDA; it is PyTorch's own
     default on Linux outside Dask.
     """
-    if workers > 0 and sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
-        return "fork"
-    return None
+    return "fork" if workers > 0 and sys.platform.startswith("linux") else None
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -529,8 +526,9 @@ def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: to
             loss_sum += loss.item() * len(labels)
             seen += len(labels)
         epoch_losses.append(loss_sum / seen)
-        epoch_seconds.append(round(time.perf_counter() - epoch_start, 3))
-        rate = seen / epoch_seconds[-1]
+        elapsed = time.perf_counter() - epoch_start
+        epoch_seconds.append(round(elapsed, 3))
+        rate = seen / elapsed
         bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", samples_per_s=f"{rate:.1f}")
         log.info("%s epoch %d/%d loss %.4f %.1f samples/s", desc, epoch + 1, config.epochs, epoch_losses[-1], rate)
     return epoch_losses, epoch_seconds
