@@ -120,22 +120,24 @@ def fold_wall_time(n_samples: int = 40, n_subjects: int = 8, size: int = 64, epo
 
 
 DEMO_VARIANTS = {
-    "before": "oneDNN's nn.Conv2d on every feature map",
-    "now": "the small-map CPU kernels (mer_utils.models.small_maps) on maps of at most 2 x 2",
+    "oneDNN": "oneDNN's nn.Conv2d on every feature map, contiguous tensors",
+    "contiguous": "the small-map CPU kernels (mer_utils.models.small_maps) on maps of at most 2 x 2, contiguous",
+    "now": "the small-map kernels and channels-last tensors (TrainConfig.channels_last, on CPU too)",
 }
 
 
 def demo_fold(variant: str) -> tuple[float, int]:
     """One LOSO fold at the synthetic demo's size (``reproduce.PROFILES["synthetic-cpu"]``:
     37 CASME II-sized samples over 6 subjects, cached images of preprocess_size resized to
-    image_size, the profile's epochs and batch). ``variant`` "before" builds CropNet without
-    the small-map kernels (every convolution through oneDNN, the pipeline before); each
+    image_size, the profile's epochs and batch). ``variant`` "oneDNN" builds CropNet without
+    the small-map kernels (every convolution through oneDNN) and keeps contiguous tensors;
+    "contiguous" has the kernels but not channels-last; "now" is the kit's default. Each
     variant runs in a fresh process. Returns (seconds, sample passes)."""
     import mer_utils.models.cropnet as cropnet_module
     import mer_utils.train as train_module
     from mer_utils.reproduce import PROFILES
 
-    if variant == "before":
+    if variant == "oneDNN":
         cropnet_module.use_small_map_kernels = lambda model: 0
     profile = PROFILES["synthetic-cpu"]
     rng = np.random.default_rng(0)
@@ -149,9 +151,28 @@ def demo_fold(variant: str) -> tuple[float, int]:
         images[sample.key] = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
     config = TrainConfig(epochs=profile["epochs"], image_size=profile["image_size"], batch_size=profile["batch_size"],
                          lr=profile.get("lr", TrainConfig.lr), classes=classes, progress=False, device="cpu",
-                         max_threads=torch.get_num_threads())
+                         max_threads=torch.get_num_threads(), channels_last=variant == "now")
     result = train_module.train_fold(samples, "sub01", config, images)
     return result.wall_time_s, result.n_train * config.epochs
+
+
+def optimizer_step_seconds(iterations: int) -> tuple[float, float]:
+    """Seconds of one step of the kit's AdamP and of the ``adamp`` package's, on the same
+    CropNet parameters and gradients (one demo-size batch), interleaved; best of ``iterations``."""
+    import adamp
+
+    torch.manual_seed(0)
+    model = CropNet(num_classes=5, image_size=64).train()
+    nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.arange(4)).backward()
+    optimizers = {"kit": AdamP(model.parameters(), lr=1e-6, weight_decay=1e-2),
+                  "package": adamp.AdamP(model.parameters(), lr=1e-6, weight_decay=1e-2)}
+    best = {name: float("inf") for name in optimizers}
+    for _ in range(iterations + 1):  # the first step of each allocates its state
+        for name, optimizer in optimizers.items():
+            start = time.perf_counter()
+            optimizer.step()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best["kit"], best["package"]
 
 
 def demo_fold_child(variant: str, threads: int) -> tuple[float, int]:
@@ -168,7 +189,7 @@ def main() -> None:
     parser.add_argument("--memory-batches", type=int, nargs="*", default=[2, 4, 8],
                         help="batch sizes >= 2 (ReXNet's SE BatchNorm cannot train on one image)")
     parser.add_argument("--skip-fold", action="store_true")
-    parser.add_argument("--demo-fold-only", action="store_true", help="only the demo-size fold, now and before")
+    parser.add_argument("--demo-fold-only", action="store_true", help="only the demo-size fold (three variants) and the optimiser step")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--demo-fold-child", choices=tuple(DEMO_VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", nargs=3, type=int, metavar=("SIZE", "CGPO", "BATCH"), help=argparse.SUPPRESS)
@@ -188,13 +209,17 @@ def main() -> None:
     print("\none LOSO fold at the synthetic demo's size (profile synthetic-cpu), side by side,"
           " each in a fresh process:")
     timings = {}
-    for variant in ("before", "now", "before", "now"):  # interleaved twice: the machine's load drifts
+    for variant in tuple(DEMO_VARIANTS) * 2:  # interleaved twice: the machine's load drifts
         seconds, passes = demo_fold_child(variant, torch.get_num_threads())
         timings.setdefault(variant, []).append(seconds)
         print(f"  {variant} ({DEMO_VARIANTS[variant]}): {seconds:.1f} s "
               f"({1000 * seconds / passes:.0f} ms per training sample pass)")
     best = {variant: min(values) for variant, values in timings.items()}
-    print(f"  ratio now / before (best of two each): {best['now'] / best['before']:.2f}")
+    print(f"  ratios (best of two each): now / oneDNN {best['now'] / best['oneDNN']:.2f}, "
+          f"now / contiguous {best['now'] / best['contiguous']:.2f}")
+    kit, package = optimizer_step_seconds(iterations=10)
+    print(f"\none AdamP step over CropNet's parameters (gradients of one demo-size batch): kit {1000 * kit:.0f} ms, "
+          f"the authors' adamp package {1000 * package:.0f} ms, ratio {kit / package:.2f}")
     if args.demo_fold_only:
         return
     for cgpo in (True, False):

@@ -6,9 +6,13 @@ The ``adamp`` package by the optimiser's authors updates one parameter at a time
 twenty small tensor operations for each of CropNet's ~300 parameters, which on a 2-core CPU
 costs more than the forward pass at the demo's image size. This class computes the same
 update (Algorithm 2 of the AdamP paper, the package's defaults and its ``nesterov=False``
-path) with ``torch._foreach_*`` operations over every parameter at once, and the projection's
-channel and layer cosine similarities from one dot product and two norms per weight.
-``tests/test_optim.py`` checks it against the package, step by step.
+path) over every parameter at once: the Adam moments and the direction ``-u`` in one fused
+pass of PyTorch's own Adam kernel (``torch._fused_adam_`` run on a zeroed direction buffer
+with a step size of 1, so it writes ``0 - 1 * u``), the projection's channel and layer
+cosine similarities from one dot product and two norms per weight, and the parameter update
+with ``torch._foreach_*`` operations. ``tests/test_optim.py`` checks it against the package,
+step by step. On a 2-core CPU, one step over CropNet's 7.5 M parameters took 60-64 ms this
+way against 106-133 ms with separate ``torch._foreach_*`` operations for the moments.
 
 For a parameter ``p`` with gradient ``g`` (Adam moments ``m``, ``v``, step ``t``)::
 
@@ -44,6 +48,8 @@ class AdamP(Optimizer):
                  weight_decay: float = 0.0, delta: float = 0.1, wd_ratio: float = 0.1) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, delta=delta, wd_ratio=wd_ratio)
         super().__init__(params, defaults)
+        # scratch buffers for -u, one per parameter, kept out of self.state (whose layout is the package's)
+        self._directions: dict[torch.Tensor, torch.Tensor] = {}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -81,36 +87,43 @@ class AdamP(Optimizer):
     def _update_same_step(self, group, params, grads, states, step, beta1, beta2, eps, lr) -> None:
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # m = b1 m + (1 - b1) g
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denoms, math.sqrt(1 - beta2 ** step))
-        torch._foreach_add_(denoms, eps)
-        perturbs = torch._foreach_div(exp_avgs, denoms)
-
+        directions = [self._direction(p) for p in params]
+        torch._foreach_zero_(directions)
+        bias_correction1 = 1 - beta1 ** step
+        steps = {p.device: torch.tensor(float(step), device=p.device) for p in params}
+        # Adam on a zero "parameter" with step size lr / bias_correction1 = 1: updates m and v
+        # in place and leaves -m / (sqrt(v) / sqrt(1 - b2^t) + eps) = -u in directions
+        torch._fused_adam_(directions, grads, exp_avgs, exp_avg_sqs, [], [steps[p.device] for p in params],
+                           lr=bias_correction1, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps,
+                           amsgrad=False, maximize=False)
         decays = [1.0] * len(params)
         for index, (p, g) in enumerate(zip(params, grads)):
             if p.ndim > 1:
-                decays[index] = self._project(p, g, perturbs[index], group["delta"], group["wd_ratio"], eps)
+                decays[index] = self._project(p, g, directions[index], group["delta"], group["wd_ratio"], eps)
 
         if group["weight_decay"] > 0:
             for ratio in set(decays):
                 chosen = [p for p, r in zip(params, decays) if r == ratio]
                 torch._foreach_mul_(chosen, 1 - lr * group["weight_decay"] * ratio)
-        torch._foreach_add_(params, perturbs, alpha=-lr / (1 - beta1 ** step))
+        torch._foreach_add_(params, directions, alpha=lr / bias_correction1)  # p - lr / (1 - b1^t) u
+
+    def _direction(self, p: torch.Tensor) -> torch.Tensor:
+        buffer = self._directions.get(p)
+        if buffer is None or buffer.shape != p.shape or buffer.device != p.device or buffer.dtype != p.dtype:
+            buffer = self._directions[p] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return buffer
 
     @staticmethod
-    def _project(p: torch.Tensor, g: torch.Tensor, perturb: torch.Tensor, delta: float, wd_ratio: float,
+    def _project(p: torch.Tensor, g: torch.Tensor, direction: torch.Tensor, delta: float, wd_ratio: float,
                  eps: float) -> float:
-        """Remove the radial component of ``perturb`` in place when ``p`` is scale-invariant,
-        first judged per output channel, then for the whole weight; returns the weight-decay
-        factor (``wd_ratio`` when projected, else 1)."""
+        """Remove the radial component of ``direction`` (-u) in place when ``p`` is
+        scale-invariant, first judged per output channel, then for the whole weight; returns
+        the weight-decay factor (``wd_ratio`` when projected, else 1)."""
         channels = p.shape[0]
-        p2, g2 = p.reshape(channels, 1, -1), g.reshape(channels, -1, 1)
-        dots = torch.bmm(p2, g2).view(channels)  # per-channel <p, g>, without a product tensor
-        p_norms = torch.linalg.vector_norm(p2, dim=2).view(channels)
-        g_norms = torch.linalg.vector_norm(g2, dim=1).view(channels)
+        p2, g2 = p.reshape(channels, -1), g.reshape(channels, -1)
+        dots = torch.linalg.vecdot(p2, g2, dim=1)  # per-channel <p, g>
+        p_norms = torch.linalg.vector_norm(p2, dim=1)
+        g_norms = torch.linalg.vector_norm(g2, dim=1)
         # cosine similarity as torch.nn.functional.cosine_similarity: each norm floored at eps
         channel_cos = (dots / (p_norms.clamp_min(eps) * g_norms.clamp_min(eps))).abs_()
         p_norm = torch.linalg.vector_norm(p_norms)
@@ -118,14 +131,14 @@ class AdamP(Optimizer):
         channel_max, layer = torch.stack([channel_cos.max(), layer_cos]).tolist()
         size = p.numel() // channels
         if channel_max < delta / math.sqrt(size):
-            # u -= p_hat <p_hat, u> with p_hat = p / (|p| + eps), per channel
-            u2 = perturb.reshape(channels, -1, 1)
-            coefficient = torch.bmm(p2, u2).view(channels) / p_norms.add(eps).square()
-            radial = p2.view(channels, -1) * coefficient.unsqueeze(1)
-            perturb.sub_(radial.view(perturb.shape))
+            # u -= p_hat <p_hat, u> with p_hat = p / (|p| + eps), per channel (the same on -u)
+            d2 = direction.view(channels, -1) if direction.is_contiguous() else direction.reshape(channels, -1)
+            coefficient = torch.linalg.vecdot(p2, d2, dim=1) / p_norms.add(eps).square()
+            radial = p2 * coefficient.unsqueeze(1)
+            direction.sub_(radial.view(direction.shape) if radial.is_contiguous() else radial.reshape(direction.shape))
             return wd_ratio
         if layer < delta / math.sqrt(p.numel()):
-            coefficient = torch.dot(p.reshape(-1), perturb.reshape(-1)) / p_norm.add(eps).square()
-            perturb.sub_(p * coefficient)
+            coefficient = torch.dot(p.reshape(-1), direction.reshape(-1)) / p_norm.add(eps).square()
+            direction.sub_(p * coefficient)
             return wd_ratio
         return 1.0

@@ -67,3 +67,13 @@ def test_adamp_projects_scale_invariant_weights():
     radial = (moved.flatten(1) * before.flatten(1)).sum(1) / before.flatten(1).norm(dim=1)
     assert moved.abs().max() > 1e-4  # it moved ...
     assert radial.abs().max() < 1e-3 * moved.flatten(1).norm(dim=1).min() + 1e-6  # ... tangentially
+
+
+def test_adamp_keeps_the_packages_state_layout():
+    """The direction buffers are scratch: a saved state holds step and the two moments, as the package's."""
+    net, _ = _train(AdamP, 2, lr=1e-3)
+    optimizer = AdamP(net.parameters(), lr=1e-3)
+    nn.functional.cross_entropy(net(torch.randn(2, 3, 8, 8)), torch.tensor([0, 1])).backward()
+    optimizer.step()
+    saved = optimizer.state_dict()["state"]
+    assert saved and all(set(state) == {"step", "exp_avg", "exp_avg_sq"} for state in saved.values())

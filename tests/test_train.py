@@ -63,7 +63,7 @@ def test_fold_predicts_the_test_subject_only():
     assert set(result.y_pred) <= set(CLASSES)
     assert result.probs.shape == (3, 4)
     np.testing.assert_allclose(result.probs.sum(axis=1), 1.0, atol=1e-5)
-    assert (result.device, result.amp, result.channels_last, result.pretrained) == ("cpu", False, False, False)
+    assert (result.device, result.amp, result.channels_last, result.pretrained) == ("cpu", False, True, False)
     assert result.config["epochs"] == 2 and result.config["classes"] == list(CLASSES)
     json.dumps(result.config)  # stored beside the predictions by the runner
     assert not torch.are_deterministic_algorithms_enabled()  # global switch restored

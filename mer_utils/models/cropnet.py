@@ -150,7 +150,7 @@ class CropNet(nn.Module):
         self.cgpo = CGPO(image_size=image_size, grid=grid, alpha=alpha) if cgpo else None
         self.image_size = image_size
         self.num_images = self.cgpo.num_images if cgpo else 1
-        self.channels_last = False  # set by the trainer on CUDA: the backbone batch is converted
+        self.channels_last = False  # set by the trainer: the backbone batch is converted
         imagenet = str(pretrained_weights).lower() == IMAGENET
         self.backbone = create_backbone(backbone, imagenet=imagenet)
         self.pretrained = pretrained_weights is not None
