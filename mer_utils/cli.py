@@ -146,7 +146,7 @@ def cmd_loso(args: argparse.Namespace) -> int:
 
     config = _experiment_config(args)
     result = run_experiment(config, args.out, scheduler=args.scheduler,
-                            workers=args.workers, folds=args.folds)
+                            workers=args.workers, folds=args.folds, use_papermill=args.fold_notebooks)
     print(format_metrics(result.metrics))
     if result.failures:
         for subject, message in result.failures.items():
@@ -285,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "else a local cluster)")
     p.add_argument("--workers", type=int, default=None,
                    help="local cluster workers (default: one per fold up to the cores; one on a CUDA machine)")
+    p.add_argument("--fold-notebooks", action=argparse.BooleanOptionalAction, default=None,
+                   help="run each fold as notebook 03, kept executed in its fold folder (default: when the "
+                        "repository's notebook is there), or in the worker's process (--no-fold-notebooks: "
+                        "no kernel start per fold, the same results)")
     p.add_argument("--out", required=True, type=Path, help="experiment folder")
     p.set_defaults(func=cmd_loso)
 

@@ -54,6 +54,23 @@ def test_both_learning_rates_reach_the_configuration(tmp_path):
     assert _experiment_config(args).resolved().train_config().recalibrate_bn is False
 
 
+def test_loso_runs_folds_in_process_with_no_fold_notebooks(tmp_path, monkeypatch, capsys):
+    import mer_utils.runs as runs
+
+    seen = []
+
+    def fake_run_experiment(config, out, **kwargs):
+        seen.append(kwargs["use_papermill"])
+        raise runs.MerError("stop here")
+
+    monkeypatch.setattr(runs, "run_experiment", fake_run_experiment)
+    base = ["loso", "--root", str(tmp_path), "--protocol", "casme2-5class", "--out", str(tmp_path / "o")]
+    for flags in ([], ["--fold-notebooks"], ["--no-fold-notebooks"]):
+        assert main(base + flags) != 0
+    assert seen == [None, True, False]  # None: notebooks when the repository's notebook 03 is there
+    assert "stop here" in capsys.readouterr().err
+
+
 def test_metrics_on_an_empty_or_binary_file_is_one_line_and_status_2(tmp_path):
     empty, binary = tmp_path / "empty.csv", tmp_path / "model.pt"
     empty.write_bytes(b"")
