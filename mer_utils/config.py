@@ -51,6 +51,17 @@ def resolve_weights(value: str | Path | None) -> str | None:
     return str(path)
 
 
+def epochs_for(protocol: str, epochs: int | None, casme2_epochs: int | None = 0) -> int | None:
+    """The epochs of an experiment on ``protocol``: ``casme2_epochs`` for casme2-5class when it
+    is above 0, else ``epochs`` (None: the configuration's default). The notebooks' parameter
+    ``casme2_epochs`` lets a profile train CASME II's five classes, whose training folds are
+    the smaller, for more epochs than the composite."""
+    if casme2_epochs is not None and (isinstance(casme2_epochs, bool) or not isinstance(casme2_epochs, int)
+                                      or casme2_epochs < 0):
+        raise ConfigError(f"casme2_epochs must be 0 (use epochs) or a positive integer, got {casme2_epochs!r}")
+    return casme2_epochs if casme2_epochs and protocol == "casme2-5class" else epochs
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Everything that decides a LOSO experiment's results. None means "the default" (see
@@ -159,7 +170,9 @@ class ExperimentConfig:
         so a notebook may pass ``globals()``; ``overrides`` win. Parameter conventions:
         relative paths are taken from the repository root, "" means no file (the default),
         ``megc_list="official"`` is the shipped list and applies to megc2019 only, None
-        leaves a setting at its default."""
+        leaves a setting at its default. ``casme2_epochs`` (a notebook parameter, not a
+        configuration field), when above 0, replaces ``epochs`` for protocol casme2-5class
+        (:func:`epochs_for`) unless ``overrides`` set the epochs."""
         from mer_utils.models.cropnet import IMAGENET
         from mer_utils.paths import megc_list_path, repo_path
 
@@ -171,6 +184,10 @@ class ExperimentConfig:
             raise ConfigError("a configuration needs a protocol")
         fields = {f.name for f in dataclasses.fields(cls)} - {"root", "megc_list", "cache_dir", "pretrained_weights"}
         config = {k: values[k] for k in fields if k in values and values[k] is not None}
+        if "epochs" not in overrides:
+            config["epochs"] = epochs_for(values["protocol"], config.get("epochs"), values.get("casme2_epochs"))
+        if config["epochs"] is None:
+            del config["epochs"]
         weights = values.get("pretrained_weights")
         if weights is not None and str(weights).strip().lower() not in (*NO_WEIGHTS, IMAGENET):
             weights = str(repo_path(weights))

@@ -77,12 +77,14 @@ NOTEBOOK_NAME = re.compile(r"^(\d\d)_\w+$")
 PROFILES: dict[str, dict[str, object]] = {
     # The small synthetic default on a 2-core CPU, notebooks 01..08 in about 20 minutes: small
     # cached images and network inputs, the epochs, learning rate and batch size chosen on a
-    # synthetic set of another seed (README, "The synthetic demo"), two folds at a time. Table
-    # 4 compares ARS and RRS with and without CGPO and Figure 5 is its N_key = 5 point (Table
-    # 3's experiment): each flow row costs about 3 minutes and each other N_key point about 5,
-    # more CPU time than the demo has (full-gpu runs all of them).
+    # synthetic sets of other seeds (docs/tuning.md), two folds at a time. CASME II's five
+    # classes train 12 epochs, the composite 5: a CASME II training fold has about 31 clips
+    # (8 steps of 4 an epoch), a composite one about 60. Table 4 compares ARS and RRS with and
+    # without CGPO and Figure 5 is its N_key = 5 point (Table 3's experiment): each flow row
+    # costs about 3 minutes and each other N_key point about 4, more CPU time than the demo
+    # has (full-gpu runs all of them).
     "synthetic-cpu": {
-        "image_size": 64, "preprocess_size": 128, "epochs": 7, "batch_size": 4,
+        "image_size": 64, "preprocess_size": 128, "epochs": 5, "casme2_epochs": 12, "batch_size": 4,
         "ablation_methods": "ars,rrs", "n_key_values": "5", "workers": 2, "tsne_size": 32,
     },
     # Real data on one GPU: the configuration's defaults (the paper's 320 x 320 input,
@@ -139,7 +141,9 @@ def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.
     into ``out_dir/<name>/<name>.ipynb``, each with ``run_dir = out_dir/<name>``.
 
     Parameters: the profile's (PROFILES), then ``overrides``, each notebook receiving the
-    ones it declares; paths are made absolute (relative ones from the current directory).
+    ones it declares; paths are made absolute (relative ones from the current directory). An
+    ``epochs`` override without ``casme2_epochs`` applies to every protocol (the profile's
+    ``casme2_epochs`` is dropped).
     Preprocessing is cached and the runner skips finished folds, so a rerun only does what
     is missing. A failing notebook does not stop the others. Returns name -> {output,
     seconds, error} (error None on success). Never writes over a file papermill did not make.
@@ -167,7 +171,10 @@ def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.
             raise ConfigError(f"{output} would sit among the source notebooks in {folder}: choose another out_dir")
         if output.exists() and not _papermill_output(output):
             raise ConfigError(f"{output} exists and was not written by papermill: move it or choose another out_dir")
-        values = {"experiments_dir": str(out_dir / Path(EXPERIMENTS_DIR).name), **PROFILES[profile], **overrides,
+        profile_values = dict(PROFILES[profile])
+        if "epochs" in overrides and "casme2_epochs" not in overrides:
+            profile_values.pop("casme2_epochs", None)  # the epochs asked for apply to every protocol
+        values = {"experiments_dir": str(out_dir / Path(EXPERIMENTS_DIR).name), **profile_values, **overrides,
                   "data_root": str(Path(data_root).resolve()), "run_dir": str(run_dir)}
         if "run_dir" not in declared[path]:
             values["output_dir"] = str(run_dir)  # notebook 03 names its output folder output_dir

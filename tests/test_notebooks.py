@@ -142,6 +142,22 @@ def test_notebook_03_and_the_runner_build_the_same_configuration(tmp_path):
     assert ExperimentConfig.from_parameters({**defaults, **handed}).resolved() == tuned
 
 
+def test_casme2_epochs_set_the_epochs_of_casme2_experiments_only(tmp_path):
+    from mer_utils.config import ExperimentConfig
+    from mer_utils.errors import ConfigError
+
+    parameters = {"data_root": str(tmp_path), "epochs": 7, "casme2_epochs": 12}
+    assert ExperimentConfig.from_parameters(parameters, protocol="casme2-5class").epochs == 12
+    assert ExperimentConfig.from_parameters(parameters, protocol="megc2019").epochs == 7
+    assert ExperimentConfig.from_parameters({**parameters, "casme2_epochs": 0}, protocol="casme2-5class").epochs == 7
+    # an explicit override wins; no epochs at all leaves the configuration's default
+    assert ExperimentConfig.from_parameters(parameters, protocol="casme2-5class", epochs=3).epochs == 3
+    assert ExperimentConfig.from_parameters({"data_root": str(tmp_path)}, protocol="casme2-5class").epochs is None
+    for bad in (-1, "12", True):
+        with pytest.raises(ConfigError, match="casme2_epochs"):
+            ExperimentConfig.from_parameters({**parameters, "casme2_epochs": bad}, protocol="casme2-5class")
+
+
 # ----------------------------------------------------------------------------- executed
 
 

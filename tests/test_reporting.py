@@ -248,7 +248,8 @@ def tiny_notebook(folder: Path, name: str, body: str) -> Path:
     nb = new_notebook(cells=[
         new_markdown_cell(f"# Tiny report {name}"),
         new_code_cell('data_root: str = "data/synthetic"  # data\nrun_dir: str = "papermill_runs/x"  # out\n'
-                      'epochs: int = 3  # epochs', metadata={"tags": ["parameters"]}),
+                      'epochs: int = 3  # epochs\ncasme2_epochs: int = 0  # CASME II epochs',
+                      metadata={"tags": ["parameters"]}),
         new_code_cell(body),
     ])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -268,7 +269,7 @@ def executed_runs(tmp_path_factory):
     source = base / "notebooks"
     tiny_notebook(source, "00_tiny", "from mer_utils.reproduce import write_summary\n"
                   "write_summary(run_dir, 'Tiny table', data_root, {'UF1': 0.25 * epochs})\n"
-                  "print('epochs', epochs, 'data', data_root)")
+                  "print('epochs', epochs, 'casme2_epochs', casme2_epochs, 'data', data_root)")
     tiny_notebook(source, "09_broken", "raise ValueError('broken on purpose')")
     outcome = reproduce.run_notebooks(data_root=data, profile="synthetic-cpu", out_dir=base / "runs",
                                     overrides={"epochs": 2}, notebooks_folder=source)
@@ -282,7 +283,8 @@ def test_run_notebooks_passes_profile_overrides_and_absolute_paths(executed_runs
     assert outcome["00_tiny"]["output"] == base / "runs" / "00_tiny" / "00_tiny.ipynb"
     nb = nbformat.read(outcome["00_tiny"]["output"], as_version=4)
     printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
-    assert f"epochs 2 data {(base / 'data').resolve()}" in printed
+    # an epochs override applies to every protocol: the profile's casme2_epochs is not passed
+    assert f"epochs 2 casme2_epochs 0 data {(base / 'data').resolve()}" in printed
     summary = json.loads((base / "runs" / "00_tiny" / "summary.json").read_text())
     assert summary["key_numbers"] == {"UF1": 0.5} and summary["data"].startswith("synthetic data")
 
