@@ -7,8 +7,10 @@ Prints: parameter count beside the paper's 7.6 M; training throughput (forward +
 AdamP step, samples/s) at image sizes 320, 160 and 96 with and without CGPO; the time of one
 batched B*10 backbone pass against ten separate passes; peak resident memory of one training
 step per batch size (each in a fresh subprocess, VmHWM); and the wall time
-of one LOSO fold (40 samples of 64 x 64, 5 epochs); with --demo-fold-only, one fold at the demo's
-size with and without the small-map kernels. On a shared machine the figures are noisy.
+of one LOSO fold (40 samples of 64 x 64, 5 epochs); first (alone with --demo-fold-only) one
+CASME II fold at the demo's size in three variants (oneDNN everywhere; the small-map kernels;
+those and channels-last, the kit's default) and one AdamP step of the kit against the authors'
+package. On a shared machine the figures are noisy.
 """
 from __future__ import annotations
 
@@ -129,12 +131,13 @@ DEMO_VARIANTS = {
 def demo_fold(variant: str) -> tuple[float, int]:
     """One LOSO fold at the synthetic demo's size (``reproduce.PROFILES["synthetic-cpu"]``:
     37 CASME II-sized samples over 6 subjects, cached images of preprocess_size resized to
-    image_size, the profile's epochs and batch). ``variant`` "oneDNN" builds CropNet without
+    image_size, the profile's CASME II epochs and batch). ``variant`` "oneDNN" builds CropNet without
     the small-map kernels (every convolution through oneDNN) and keeps contiguous tensors;
     "contiguous" has the kernels but not channels-last; "now" is the kit's default. Each
     variant runs in a fresh process. Returns (seconds, sample passes)."""
     import mer_utils.models.cropnet as cropnet_module
     import mer_utils.train as train_module
+    from mer_utils.config import epochs_for
     from mer_utils.reproduce import PROFILES
 
     if variant == "oneDNN":
@@ -149,7 +152,8 @@ def demo_fold(variant: str) -> tuple[float, int]:
         samples.append(sample)
         side = profile["preprocess_size"]
         images[sample.key] = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-    config = TrainConfig(epochs=profile["epochs"], image_size=profile["image_size"], batch_size=profile["batch_size"],
+    epochs = epochs_for("casme2-5class", profile["epochs"], profile.get("casme2_epochs"))
+    config = TrainConfig(epochs=epochs, image_size=profile["image_size"], batch_size=profile["batch_size"],
                          lr=profile.get("lr", TrainConfig.lr), classes=classes, progress=False, device="cpu",
                          max_threads=torch.get_num_threads(), channels_last=variant == "now")
     result = train_module.train_fold(samples, "sub01", config, images)
