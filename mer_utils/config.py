@@ -186,8 +186,8 @@ class ExperimentConfig:
         config = {k: values[k] for k in fields if k in values and values[k] is not None}
         if "epochs" not in overrides:
             config["epochs"] = epochs_for(values["protocol"], config.get("epochs"), values.get("casme2_epochs"))
-        if config["epochs"] is None:
-            del config["epochs"]
+        if config.get("epochs") is None:  # no epochs given: the configuration's default
+            config.pop("epochs", None)
         weights = values.get("pretrained_weights")
         if weights is not None and str(weights).strip().lower() not in (*NO_WEIGHTS, IMAGENET):
             weights = str(repo_path(weights))

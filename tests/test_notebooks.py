@@ -153,6 +153,7 @@ def test_casme2_epochs_set_the_epochs_of_casme2_experiments_only(tmp_path):
     # an explicit override wins; no epochs at all leaves the configuration's default
     assert ExperimentConfig.from_parameters(parameters, protocol="casme2-5class", epochs=3).epochs == 3
     assert ExperimentConfig.from_parameters({"data_root": str(tmp_path)}, protocol="casme2-5class").epochs is None
+    assert ExperimentConfig.from_parameters(parameters, protocol="casme2-5class", epochs=None).epochs is None
     for bad in (-1, "12", True):
         with pytest.raises(ConfigError, match="casme2_epochs"):
             ExperimentConfig.from_parameters({**parameters, "casme2_epochs": bad}, protocol="casme2-5class")
