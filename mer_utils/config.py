@@ -182,12 +182,10 @@ class ExperimentConfig:
             raise ConfigError("a configuration needs data_root (the folder holding CASME2/, SAMM/, SMIC/)")
         if "protocol" not in values:
             raise ConfigError("a configuration needs a protocol")
+        if "epochs" not in overrides:
+            values["epochs"] = epochs_for(values["protocol"], values.get("epochs"), values.get("casme2_epochs"))
         fields = {f.name for f in dataclasses.fields(cls)} - {"root", "megc_list", "cache_dir", "pretrained_weights"}
         config = {k: values[k] for k in fields if k in values and values[k] is not None}
-        if "epochs" not in overrides:
-            config["epochs"] = epochs_for(values["protocol"], config.get("epochs"), values.get("casme2_epochs"))
-        if config.get("epochs") is None:  # no epochs given: the configuration's default
-            config.pop("epochs", None)
         weights = values.get("pretrained_weights")
         if weights is not None and str(weights).strip().lower() not in (*NO_WEIGHTS, IMAGENET):
             weights = str(repo_path(weights))

@@ -132,10 +132,8 @@ class AdamP(Optimizer):
         size = p.numel() // channels
         if channel_max < delta / math.sqrt(size):
             # u -= p_hat <p_hat, u> with p_hat = p / (|p| + eps), per channel (the same on -u)
-            d2 = direction.view(channels, -1) if direction.is_contiguous() else direction.reshape(channels, -1)
-            coefficient = torch.linalg.vecdot(p2, d2, dim=1) / p_norms.add(eps).square()
-            radial = p2 * coefficient.unsqueeze(1)
-            direction.sub_(radial.view(direction.shape) if radial.is_contiguous() else radial.reshape(direction.shape))
+            coefficient = torch.linalg.vecdot(p2, direction.reshape(channels, -1), dim=1) / p_norms.add(eps).square()
+            direction.sub_((p2 * coefficient.unsqueeze(1)).view(direction.shape))
             return wd_ratio
         if layer < delta / math.sqrt(p.numel()):
             coefficient = torch.dot(p.reshape(-1), direction.reshape(-1)) / p_norm.add(eps).square()

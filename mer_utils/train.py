@@ -370,17 +370,16 @@ def _fit(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig,
     on_cuda = device.type == "cuda"
     amp = config.amp and on_cuda
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    channels_last = config.channels_last
     train = list(train)
     train_set = _ImageSet(
         _as_tensors(train, images, config.image_size), _labels(train, classes),
         build_transform(config.image_size, config.augment)
     )
     model = build_model(config, len(classes)).to(device)
-    if channels_last:
+    if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
         model.channels_last = True
-    fitted = TrainedModel(model, classes, [], device, amp, amp_dtype, channels_last, len(train))
+    fitted = TrainedModel(model, classes, [], device, amp, amp_dtype, config.channels_last, len(train))
     fitted.epoch_losses, fitted.seconds["epochs"] = _train(model, train_set, config, device, fitted.autocast,
                                                            use_scaler=amp and amp_dtype == torch.float16, desc=desc)
     if config.recalibrate_bn:
