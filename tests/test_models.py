@@ -204,13 +204,17 @@ def test_method_lists_agree():
     assert tuple(METHODS) == CROPNET_METHODS
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("side,stride", [(1, 1), (2, 1), (2, 2), (1, 2), (3, 1)])
-def test_small_map_depthwise_convolution_equals_conv2d(side, stride):
+def test_small_map_depthwise_convolution_equals_conv2d(side, stride, channels_last):
     from mer_utils.models.small_maps import SmallMapDepthwiseConv2d
 
     torch.manual_seed(side * 10 + stride)
     conv = torch.nn.Conv2d(6, 6, 3, stride, 1, groups=6, bias=True).double()
-    x = torch.randn(5, 6, side, side, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 6, side, side, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     expected = conv(x)
     expected_grads = torch.autograd.grad((expected * torch.arange(expected.numel()).view_as(expected)).sum(),
                                          [x, conv.weight, conv.bias])
@@ -218,6 +222,8 @@ def test_small_map_depthwise_convolution_equals_conv2d(side, stride):
     got = conv(x)
     grads = torch.autograd.grad((got * torch.arange(got.numel()).view_as(got)).sum(), [x, conv.weight, conv.bias])
     assert got.shape == expected.shape
+    if channels_last:  # the layout the BatchNorm after it is fast in
+        assert got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     for a, b in zip(grads, expected_grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
