@@ -78,13 +78,14 @@ PROFILES: dict[str, dict[str, object]] = {
     # The small synthetic default on a 2-core CPU, notebooks 01..08 in about 20 minutes: small
     # cached images and network inputs, the epochs, learning rate and batch size chosen on a
     # synthetic sets of other seeds (docs/tuning.md), two folds at a time. CASME II's five
-    # classes train 12 epochs, the composite 5: a CASME II training fold has about 31 clips
-    # (8 steps of 4 an epoch), a composite one about 60. Table 4 compares ARS and RRS with and
+    # classes train 12 epochs (a training fold has about 31 clips, 8 steps of 4 an epoch), the
+    # composite 10 (about 60 clips a fold); both chosen on seeds 1, 4 and 5 (docs/tuning.md,
+    # sections 7 and 8). Table 4 compares ARS and RRS with and
     # without CGPO and Figure 5 is its N_key = 5 point (Table 3's experiment): each flow row
     # costs about 3 minutes and each other N_key point about 4, more CPU time than the demo
     # has (full-gpu runs all of them).
     "synthetic-cpu": {
-        "image_size": 64, "preprocess_size": 128, "epochs": 5, "casme2_epochs": 12, "batch_size": 4,
+        "image_size": 64, "preprocess_size": 128, "epochs": 10, "casme2_epochs": 12, "batch_size": 4,
         "ablation_methods": "ars,rrs", "n_key_values": "5", "workers": 2, "tsne_size": 32,
     },
     # Real data on one GPU: the configuration's defaults (the paper's 320 x 320 input,
