@@ -80,10 +80,9 @@ PROFILES: dict[str, dict[str, object]] = {
     # synthetic sets of other seeds (docs/tuning.md), two folds at a time. CASME II's five
     # classes train 12 epochs (a training fold has about 31 clips, 8 steps of 4 an epoch), the
     # composite 10 (about 60 clips a fold); both chosen on seeds 1, 4 and 5 (docs/tuning.md,
-    # sections 7 and 8). Table 4 compares ARS and RRS with and
-    # without CGPO and Figure 5 is its N_key = 5 point (Table 3's experiment): each flow row
-    # costs about 3 minutes and each other N_key point about 4, more CPU time than the demo
-    # has (full-gpu runs all of them).
+    # sections 7 and 8). Table 4 compares ARS and RRS with and without CGPO and Figure 5 is
+    # its N_key = 5 point (Table 3's experiment): each flow row costs about 3 minutes and each
+    # other N_key point about 5, more CPU time than the demo has (full-gpu runs all of them).
     "synthetic-cpu": {
         "image_size": 64, "preprocess_size": 128, "epochs": 10, "casme2_epochs": 12, "batch_size": 4,
         "ablation_methods": "ars,rrs", "n_key_values": "5", "workers": 2, "tsne_size": 32,
