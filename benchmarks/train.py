@@ -131,7 +131,7 @@ DEMO_VARIANTS = {
 def demo_fold(variant: str) -> tuple[float, int]:
     """One LOSO fold at the synthetic demo's size (``reproduce.PROFILES["synthetic-cpu"]``:
     37 CASME II-sized samples over 6 subjects, cached images of preprocess_size resized to
-    image_size, the profile's CASME II epochs and batch). ``variant`` "oneDNN" builds CropNet without
+    image_size, the profile's CASME II epochs, batch and augmentation). ``variant`` "oneDNN" builds CropNet without
     the small-map kernels (every convolution through oneDNN) and keeps contiguous tensors;
     "contiguous" has the kernels but not channels-last; "now" is the kit's default. Each
     variant runs in a fresh process. Returns (seconds, sample passes)."""
@@ -154,7 +154,8 @@ def demo_fold(variant: str) -> tuple[float, int]:
         images[sample.key] = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
     epochs = epochs_for("casme2-5class", profile["epochs"], profile.get("casme2_epochs"))
     config = TrainConfig(epochs=epochs, image_size=profile["image_size"], batch_size=profile["batch_size"],
-                         lr=profile.get("lr", TrainConfig.lr), classes=classes, progress=False, device="cpu",
+                         lr=profile.get("lr", TrainConfig.lr), augmentation=profile["augmentation"],
+                         classes=classes, progress=False, device="cpu",
                          max_threads=torch.get_num_threads(), channels_last=variant == "now")
     result = train_module.train_fold(samples, "sub01", config, images)
     return result.wall_time_s, result.n_train * config.epochs

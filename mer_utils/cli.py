@@ -48,7 +48,7 @@ def _add_training_args(p: argparse.ArgumentParser, methods: tuple[str, ...] | No
     from mer_utils.config import CROPNET_METHODS, METHODS
     from mer_utils.face import FACE_CROP, FACE_CROPS
     from mer_utils.preprocess import N_KEY, PREPROCESS_SIZE
-    from mer_utils.train import TrainConfig
+    from mer_utils.train import AUGMENTATIONS, TrainConfig
 
     train = TrainConfig()
     p.add_argument("--method", default=CROPNET_METHODS[0], choices=methods or METHODS)
@@ -67,6 +67,9 @@ def _add_training_args(p: argparse.ArgumentParser, methods: tuple[str, ...] | No
                         "or 'none' to train from scratch (default)")
     p.add_argument("--seed", type=int, default=None, help=f"seed (default {train.seed})")
     p.add_argument("--n-key", type=int, default=None, help=f"key frames per clip, N_key (default {N_KEY})")
+    p.add_argument("--augmentation", default=None, choices=AUGMENTATIONS,
+                   help=f"training-image augmentation: the paper's four, its flip and rotation only, or none "
+                        f"(default {train.augmentation})")
     p.add_argument("--no-cgpo", action="store_true", help="single-image ablation variant")
     p.add_argument("--no-recalibrate-bn", action="store_true",
                    help="test with BatchNorm's running averages, as the paper does, instead of the statistics "
@@ -175,8 +178,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     folder = train_protocol(
         args.root, args.protocol, args.out, method=args.method, megc_list=_megc_list(args.megc_list),
         apex=args.apex, epochs=args.epochs, image_size=args.image_size, preprocess_size=args.preprocess_size,
-        batch_size=args.batch_size, lr=args.lr, fc_lr=args.fc_lr, seed=args.seed, n_key=args.n_key,
-        cgpo=False if args.no_cgpo else None, recalibrate_bn=False if args.no_recalibrate_bn else None,
+        batch_size=args.batch_size, lr=args.lr, fc_lr=args.fc_lr, augmentation=args.augmentation, seed=args.seed,
+        n_key=args.n_key, cgpo=False if args.no_cgpo else None, recalibrate_bn=False if args.no_recalibrate_bn else None,
         face_crop=args.face_crop, backbone=args.backbone, cache_dir=args.cache_dir,
         pretrained_weights=args.pretrained_weights, workers=args.workers, max_threads=args.threads,
         overwrite=args.overwrite)

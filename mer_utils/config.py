@@ -24,10 +24,11 @@ from mer_utils.errors import ConfigError
 CROPNET_METHODS = ("ars", "rrs", "farneback", "tvl1")  # the CropNet input images (preprocess.METHODS)
 METHODS = CROPNET_METHODS + ("lbptop",)  # ... and the MEGC2019 baseline
 NO_WEIGHTS = ("", "none")  # pretrained_weights values meaning "train from scratch"
-CROPNET_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "cgpo", "recalibrate_bn", "backbone",
-                  "pretrained_weights", "n_key", "preprocess_size")
+CROPNET_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "augmentation", "cgpo", "recalibrate_bn",
+                  "backbone", "pretrained_weights", "n_key", "preprocess_size")
 # defaults from TrainConfig
-TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "cgpo", "recalibrate_bn", "backbone")
+TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "augmentation", "cgpo", "recalibrate_bn",
+                "backbone")
 LBPTOP_FIELDS = ("lbptop_frames", "lbptop_size")
 # Recorded in config.json but not compared on resume: the cache is keyed by its parameters,
 # so where it lives does not change any result.
@@ -82,6 +83,7 @@ class ExperimentConfig:
     batch_size: int | None = None
     lr: float | None = None
     fc_lr: float | None = None
+    augmentation: str | None = None
     seed: int | None = None
     n_key: int | None = None
     cgpo: bool | None = None
@@ -101,7 +103,7 @@ class ExperimentConfig:
         from mer_utils.face import FACE_CROP, FACE_CROPS
         from mer_utils.paths import default_cache_dir
         from mer_utils.preprocess import N_KEY, PREPROCESS_SIZE
-        from mer_utils.train import TrainConfig
+        from mer_utils.train import AUGMENTATIONS, TrainConfig
 
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; known protocols: {', '.join(PROTOCOLS)}")
@@ -137,6 +139,8 @@ class ExperimentConfig:
             value = getattr(config, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if config.augmentation is not None and config.augmentation not in AUGMENTATIONS:
+            raise ConfigError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {config.augmentation!r}")
         for name in ("cgpo", "recalibrate_bn"):
             value = getattr(config, name)
             if value is not None and not isinstance(value, bool):
@@ -204,7 +208,7 @@ class ExperimentConfig:
 
         return TrainConfig(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, fc_lr=self.fc_lr, image_size=self.image_size,
-            cgpo=self.cgpo, recalibrate_bn=self.recalibrate_bn, backbone=self.backbone, seed=self.seed,
+            augmentation=self.augmentation, cgpo=self.cgpo, recalibrate_bn=self.recalibrate_bn, backbone=self.backbone, seed=self.seed,
             pretrained_weights=self.pretrained_weights, classes=PROTOCOLS[self.protocol].classes,
             max_threads=max_threads, progress=progress,
         )

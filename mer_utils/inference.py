@@ -85,8 +85,8 @@ def _training_data(root: Path, samples: Sequence[Sample]) -> dict:
 def train_protocol(root: str | Path, protocol: str, out_dir: str | Path, *, method: str = "ars",
                    megc_list: str | Path | None = None, apex: str = "annotated", epochs: int | None = None,
                    image_size: int | None = None, preprocess_size: int | None = None, batch_size: int | None = None,
-                   lr: float | None = None, fc_lr: float | None = None, seed: int | None = None,
-                   n_key: int | None = None, cgpo: bool | None = None, recalibrate_bn: bool | None = None,
+                   lr: float | None = None, fc_lr: float | None = None, augmentation: str | None = None,
+                   seed: int | None = None, n_key: int | None = None, cgpo: bool | None = None, recalibrate_bn: bool | None = None,
                    face_crop: str | None = None, backbone: str | None = None, pretrained_weights: str | None = None,
                    cache_dir: str | Path | None = None, workers: int | None = 1, max_threads: int | None = None,
                    progress: bool = True, overwrite: bool = False) -> Path:
@@ -109,8 +109,8 @@ def train_protocol(root: str | Path, protocol: str, out_dir: str | Path, *, meth
         raise ConfigError(f"{out_dir} already holds a model ({CARD_FILE}); choose another folder or overwrite it")
     config = ExperimentConfig(
         root=str(root), protocol=protocol, method=method, megc_list=str(megc_list) if megc_list else None,
-        epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr, fc_lr=fc_lr, seed=seed, n_key=n_key,
-        cgpo=cgpo, recalibrate_bn=recalibrate_bn,
+        epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr, fc_lr=fc_lr, augmentation=augmentation,
+        seed=seed, n_key=n_key, cgpo=cgpo, recalibrate_bn=recalibrate_bn,
         face_crop=face_crop, cache_dir=str(cache_dir) if cache_dir else None, backbone=backbone,
         pretrained_weights=str(pretrained_weights) if pretrained_weights else None, preprocess_size=preprocess_size,
     ).resolved()
@@ -143,7 +143,8 @@ def train_protocol(root: str | Path, protocol: str, out_dir: str | Path, *, meth
                   "head_channels": train_config.head_channels, "embed_dim": train_config.embed_dim,
                   "pretrained_weights": config.pretrained_weights, "pretrained": fitted.model.pretrained},
         "training": {**{k: settings[k] for k in ("epochs", "batch_size", "lr", "fc_lr", "weight_decay",
-                                                 "label_smoothing", "schedule", "augment", "seed", "recalibrate_bn")},
+                                                 "label_smoothing", "schedule", "augmentation", "seed",
+                                                 "recalibrate_bn")},
                      "device": fitted.device.type, "epoch_losses": [round(float(x), 6) for x in fitted.epoch_losses],
                      "wall_time_s": round(time.perf_counter() - started, 1)},
         "training_data": _training_data(Path(config.root), samples),
@@ -464,7 +465,7 @@ def tile_influence(model: LoadedModel, image: np.ndarray) -> pd.DataFrame:
     from mer_utils.train import build_transform
 
     net = model.model
-    transform = build_transform(model.config.image_size, augment=False)
+    transform = build_transform(model.config.image_size)
     tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     with torch.inference_mode():
         views = net.views(transform(tensor)[None])
@@ -482,8 +483,18 @@ def tile_influence(model: LoadedModel, image: np.ndarray) -> pd.DataFrame:
 # --------------------------------------------------------------------------- notebook 08 and benchmarks
 
 
+def _augmentation(training: dict) -> str:
+    """A card's training augmentation; cards written before the setting had three values
+    record ``augment`` True (the paper's four) or False."""
+    if "augmentation" in training:
+        return training["augmentation"]
+    return "paper" if training.get("augment", True) else "none"
+
+
 def card_table(model: LoadedModel) -> pd.DataFrame:
     """The model card as a two-column table (field, value) for a report."""
+    from mer_utils.train import AUGMENTATION_TEXT
+
     card = model.card
     rows = {
         "classes": ", ".join(card["classes"]),
@@ -493,7 +504,8 @@ def card_table(model: LoadedModel) -> pd.DataFrame:
         "backbone": f"{card['model']['backbone']} ({'ImageNet ' + str(card['model']['pretrained_weights']) if card['model']['pretrained'] else 'from scratch'})",
         "CropNet input": f"{card['model']['image_size']} px, CGPO {'on' if card['model']['cgpo'] else 'off'}",
         "training": f"{card['training']['epochs']} epochs, batch {card['training']['batch_size']}, lr {card['training']['lr']}, "
-                    f"seed {card['training']['seed']}, final loss {card['training']['epoch_losses'][-1]:.4f}",
+                    f"{AUGMENTATION_TEXT[_augmentation(card['training'])]}, seed {card['training']['seed']}, "
+                    f"final loss {card['training']['epoch_losses'][-1]:.4f}",
         "training data": f"{card['training_data']['n_samples']} samples of {card['training_data']['n_subjects']} subjects, "
                          f"{card['training_data']['description']}",
         "kit version, created": f"{card['kit_version']}, {card['created']}",

@@ -4,7 +4,7 @@
 kit computed, each followed by the chance level of its metrics for the data's class balance
 (``chance_rows``); ``LITERATURE_MEGC2019`` holds what other authors reported on the real
 MEGC2019 composite (docs/method.md section 4), in its own table. ``training_note`` says how each
-CropNet row was trained (weights, epochs, image size).
+CropNet row was trained (weights, epochs, image size, augmentation).
 """
 from __future__ import annotations
 
@@ -180,7 +180,10 @@ def weights_description(weights: str | None) -> str:
 def training_note(experiments: Mapping[str, object]) -> str:
     """How each CropNet experiment was trained, as its folds recorded it (``fold.json``:
     "weights"): from scratch, from timm's ImageNet weights or from a local file, with its
-    epochs, learning rate, batch size and input size. LBP-TOP rows are named as the baseline."""
+    epochs, learning rate, batch size, input size and training augmentation. LBP-TOP rows are
+    named as the baseline."""
+    from mer_utils.train import AUGMENTATION_TEXT
+
     groups: dict[str, list[str]] = {}
     baseline = []
     for name, entry in experiments.items():
@@ -197,7 +200,8 @@ def training_note(experiments: Mapping[str, object]) -> str:
         start = " / ".join(sorted(weights_description(w) for w in used))
         epochs = f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}"
         how = (f"CropNet trained {start}, {epochs} (fixed before the run), lr {config.lr:g} "
-               f"(fully connected layers {config.fc_lr:g}), batch {config.batch_size}, at {config.image_size} px")
+               f"(fully connected layers {config.fc_lr:g}), batch {config.batch_size}, at {config.image_size} px, "
+               f"{AUGMENTATION_TEXT[config.augmentation]}")
         if config.recalibrate_bn:
             how += ", tested with BatchNorm statistics of the un-augmented training images"
         else:

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCHEDULES = ("cosine", "constant")
+# Training-image augmentations (build_transform): the paper's four (3.2.1), only its two
+# geometric ones (flip and rotation; the synthetic-cpu profile, docs/tuning.md section 9), none.
+AUGMENTATIONS = ("paper", "geometric", "none")
+AUGMENTATION_TEXT = {"paper": "the paper's four augmentations", "geometric": "the paper's flip and rotation only",
+                     "none": "no augmentation"}  # as reports and model cards name them
 # On CUDA the paper's augmentation of a 320 px batch of 16 in the training process (84 ms on an
 # H200 machine) outlasted the GPU step (55 ms): 6 loader processes made a full-gpu fold 1.7x as
 # fast there (README, "Running on a GPU"). A fixed number, not one per core, so that the
@@ -63,7 +68,7 @@ class TrainConfig:
     backbone: str = "rexnet_100"  # timm feature extractor
     head_channels: int = 1536  # CropNet head Conv channels (with embed_dim: 7.53 M parameters, paper ~7.6 M)
     embed_dim: int = 1280  # size of each z_i and position embedding p_i
-    augment: bool = True  # the paper's four augmentations on training images (3.2.1)
+    augmentation: str = "paper"  # training images: "paper" (its four augmentations, 3.2.1), "geometric" (flip, rotation), "none"
     seed: int = 0  # seeds torch, numpy, random, model init, shuffling and augmentation
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with GradScaler); CPU is float32
@@ -82,6 +87,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig: epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"TrainConfig: schedule {self.schedule!r} is not one of {SCHEDULES}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ConfigError(f"TrainConfig: augmentation {self.augmentation!r} is not one of {AUGMENTATIONS}")
         if not (self.lr > 0 and self.fc_lr > 0):
             raise ConfigError(f"TrainConfig: lr and fc_lr must be positive, got {self.lr}, {self.fc_lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -181,22 +188,26 @@ class _ImageSet(Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
-def build_transform(image_size: int, augment: bool) -> v2.Compose:
-    """Resize to the network's input, then paper 3.2.1 augmentation (in this order, training
-    only), then ImageNet normalisation. Resizing first augments the pixels the network sees
-    (and costs a quarter of augmenting a 128 px image when the input is 64 px).
+def build_transform(image_size: int, augmentation: str = "none") -> v2.Compose:
+    """Resize to the network's input, then the training augmentation (in this order), then
+    ImageNet normalisation. Resizing first augments the pixels the network sees (and costs a
+    quarter of augmenting a 128 px image when the input is 64 px).
 
-    (1) brightness, contrast, saturation in [0.2, 1.8], hue in [-0.5, 0.5];
-    (2) grayscale with p = 0.2; (3) horizontal flip with p = 0.5; (4) rotation in [-15, 15] degrees.
+    ``augmentation`` "paper" is paper 3.2.1's four, in its order: (1) brightness, contrast,
+    saturation in [0.2, 1.8], hue in [-0.5, 0.5]; (2) grayscale with p = 0.2; (3) horizontal
+    flip with p = 0.5; (4) rotation in [-15, 15] degrees. "geometric" keeps (3) and (4) only;
+    "none" (test images) only resizes and normalises.
     """
+    if augmentation not in AUGMENTATIONS:
+        raise ConfigError(f"augmentation {augmentation!r} is not one of {AUGMENTATIONS}")
     steps: list[nn.Module] = [v2.Resize((image_size, image_size), antialias=True)]
-    if augment:
+    if augmentation == "paper":
         steps += [
             v2.ColorJitter(brightness=(0.2, 1.8), contrast=(0.2, 1.8), saturation=(0.2, 1.8), hue=(-0.5, 0.5)),
             v2.RandomGrayscale(p=0.2),
-            v2.RandomHorizontalFlip(p=0.5),
-            v2.RandomRotation(15),
         ]
+    if augmentation in ("paper", "geometric"):
+        steps += [v2.RandomHorizontalFlip(p=0.5), v2.RandomRotation(15)]
     steps += [
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -373,7 +384,7 @@ def _fit(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig,
     train = list(train)
     train_set = _ImageSet(
         _as_tensors(train, images, config.image_size), _labels(train, classes),
-        build_transform(config.image_size, config.augment)
+        build_transform(config.image_size, config.augmentation)
     )
     model = build_model(config, len(classes)).to(device)
     if config.channels_last:
@@ -547,6 +558,6 @@ def _predict(model: CropNet, images: list[torch.Tensor], config: TrainConfig, de
 
 def _test_batches(images: Sequence[torch.Tensor], config: TrainConfig, size: int, device: torch.device):
     """``images`` as un-augmented, normalised batches of ``size`` on ``device`` (as at test time)."""
-    transform = build_transform(config.image_size, augment=False)
+    transform = build_transform(config.image_size)
     for start in range(0, len(images), size):
         yield torch.stack([transform(image) for image in images[start:start + size]]).to(device)

@@ -103,7 +103,7 @@ def configuration_defaults() -> dict:
 
     train, options = TrainConfig(), RunOptions()
     return {"epochs": train.epochs, "lr": train.lr, "fc_lr": train.fc_lr, "batch_size": train.batch_size,
-            "image_size": train.image_size,
+            "image_size": train.image_size, "augmentation": train.augmentation,
             "cgpo": train.cgpo, "recalibrate_bn": train.recalibrate_bn, "backbone": train.backbone, "seed": train.seed,
             "pretrained_weights": "none",
             "n_key": N_KEY, "preprocess_size": PREPROCESS_SIZE, "face_crop": FACE_CROP,
@@ -202,7 +202,8 @@ def test_04_table2_computes_three_rows_and_figure_4b(runs):
     assert "synthetic data" in (folder / "table2.md").read_text().splitlines()[0]
     summary = json.loads((folder / "summary.json").read_text())
     assert any("trained from scratch (no ImageNet weights), 1 epoch (fixed before the run), lr 0.001 (fully connected layers 0.0001), batch 8, "
-               "at 32 px, tested with BatchNorm statistics of the un-augmented training images" in note
+               "at 32 px, the paper's flip and rotation only, tested with BatchNorm statistics of the un-augmented "
+               "training images" in note
                for note in summary["notes"])
 
 

@@ -180,15 +180,18 @@ def test_training_note_reads_the_fold_records(tmp_path):
     note = tables.training_note({"ARS + CropNet": cropnet, "LBP-TOP": baseline})
     assert ("CropNet trained from scratch (no ImageNet weights), 3 epochs (fixed before the run), lr 0.001 "
             "(fully connected layers 0.0001), "
-            "batch 8, at 64 px, tested with BatchNorm statistics of the un-augmented training images: "
-            "ARS + CropNet.") in note
+            "batch 8, at 64 px, the paper's four augmentations, tested with BatchNorm statistics of the "
+            "un-augmented training images: ARS + CropNet.") in note
     assert "LBP-TOP: LBP-TOP features and a linear SVM" in note
     (fold / "fold.json").write_text(json.dumps({"pretrained": True, "weights": "imagenet"}))
     assert "from timm's ImageNet weights" in tables.training_note({"ARS + CropNet": cropnet})
     (fold / "fold.json").write_text(json.dumps({"pretrained": True, "weights": str(tmp_path / "rexnet.pth")}))
     assert "from local weights rexnet.pth" in tables.training_note({"ARS + CropNet": cropnet})
     paper_way = ExperimentResult(config.replace(recalibrate_bn=False), tmp_path, {}, fold_dirs={0: fold})
-    assert "at 64 px, tested with BatchNorm running averages (as the paper)" in tables.training_note({"x": paper_way})
+    assert ("at 64 px, the paper's four augmentations, tested with BatchNorm running averages (as the paper)"
+            in tables.training_note({"x": paper_way}))
+    geometric = ExperimentResult(config.replace(augmentation="geometric"), tmp_path, {}, fold_dirs={0: fold})
+    assert "at 64 px, the paper's flip and rotation only, tested" in tables.training_note({"x": geometric})
 
 
 # ----------------------------------------------------------------------------- figures and numbers
@@ -352,3 +355,5 @@ def test_profiles_set_only_declared_parameters_and_say_how_they_train():
     assert reproduce.PROFILES["full-gpu"]["pretrained_weights"] == "imagenet"  # as the paper: ImageNet transfer
     assert "image_size" not in reproduce.PROFILES["full-gpu"]  # the configuration's default, the paper's 320
     assert "pretrained_weights" not in reproduce.PROFILES["synthetic-cpu"]  # from scratch, offline
+    assert "augmentation" not in reproduce.PROFILES["full-gpu"]  # the paper's four augmentations
+    assert reproduce.PROFILES["synthetic-cpu"]["augmentation"] == "geometric"  # docs/tuning.md section 9

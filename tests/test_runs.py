@@ -99,6 +99,11 @@ def test_config_resolves_defaults_and_round_trips_through_json(data_root):
     assert config.replace(recalibrate_bn=False).resolved().train_config().recalibrate_bn is False
     with pytest.raises(ConfigError, match="recalibrate_bn must be True or False"):
         config.replace(recalibrate_bn="yes").resolved()
+    # the paper's four augmentations by default; a profile may choose its flip and rotation only
+    assert config.augmentation == "paper" and config.train_config().augmentation == "paper"
+    assert config.replace(augmentation="geometric").resolved().train_config().augmentation == "geometric"
+    with pytest.raises(ConfigError, match="augmentation must be one of paper, geometric, none, got 'colour'"):
+        config.replace(augmentation="colour").resolved()
     assert (config.seed, config.n_key, config.face_crop, config.preprocess_size) == (0, 5, "dlib", 320)
     assert Path(config.cache_dir) == data_root.parent / "interim" / "cache"
     assert ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

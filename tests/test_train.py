@@ -46,7 +46,7 @@ def tiny_config(**changes) -> TrainConfig:
 def test_model_overfits_eight_samples():
     samples, images = make_fold_data(n_samples=10, n_subjects=5, size=64)  # 8 train, 2 test
     # the paper-size model and default optimiser settings; full batch, no augmentation
-    config = tiny_config(epochs=6, batch_size=8, image_size=64, augment=False, head_channels=1536, embed_dim=1280)
+    config = tiny_config(epochs=6, batch_size=8, image_size=64, augmentation="none", head_channels=1536, embed_dim=1280)
     result = train_fold(samples, "sub05", config, images)
     assert result.n_train == 8
     assert len(result.epoch_losses) == 6
@@ -78,13 +78,13 @@ def test_fold_predicts_the_test_subject_only():
 
 def test_same_config_gives_identical_predictions():
     samples, images = make_fold_data(n_samples=8, n_subjects=4, size=32)
-    config = tiny_config(epochs=1, augment=True)  # augmentation randomness must be seeded too
+    config = tiny_config(epochs=1, augmentation="paper")  # augmentation randomness must be seeded too
     first = train_fold(samples, "sub01", config, images)
     second = train_fold(samples, "sub01", config, images)
     assert first.epoch_losses == second.epoch_losses
     np.testing.assert_array_equal(first.probs, second.probs)
     assert first.y_pred == second.y_pred
-    other_seed = train_fold(samples, "sub01", tiny_config(epochs=1, augment=True, seed=1), images)
+    other_seed = train_fold(samples, "sub01", tiny_config(epochs=1, augmentation="paper", seed=1), images)
     assert not np.array_equal(first.probs, other_seed.probs)
 
 
@@ -119,16 +119,26 @@ def test_bad_inputs_name_the_clip():
 
 
 def test_augmentation_follows_the_paper_order_and_test_images_are_only_normalised():
-    names = [type(step).__name__ for step in build_transform(320, augment=True).transforms]
+    names = [type(step).__name__ for step in build_transform(320, "paper").transforms]
     assert names == ["Resize", "ColorJitter", "RandomGrayscale", "RandomHorizontalFlip", "RandomRotation",
                      "ToDtype", "Normalize"]  # resized first: the paper's augmentation on the network's pixels
-    jitter = build_transform(320, augment=True).transforms[1]
+    jitter = build_transform(320, "paper").transforms[1]
     assert jitter.brightness == jitter.contrast == jitter.saturation == (0.2, 1.8)
     assert jitter.hue == (-0.5, 0.5)
+    # "geometric": the paper's flip and rotation, same parameters, no colour jitter or grayscale
+    geometric = build_transform(320, "geometric").transforms
+    assert [type(step).__name__ for step in geometric] == ["Resize", "RandomHorizontalFlip", "RandomRotation",
+                                                           "ToDtype", "Normalize"]
+    assert geometric[1].p == 0.5 and list(geometric[2].degrees) == [-15.0, 15.0]
     image = torch.full((3, 64, 64), 255, dtype=torch.uint8)
-    plain = build_transform(32, augment=False)(image)
+    plain = build_transform(32)(image)  # "none", as test images
+    assert [type(step).__name__ for step in build_transform(32, "none").transforms] == ["Resize", "ToDtype", "Normalize"]
     assert plain.shape == (3, 32, 32)
     torch.testing.assert_close(plain[:, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+    with pytest.raises(ConfigError, match="augmentation 'colour' is not one of"):
+        build_transform(32, "colour")
+    with pytest.raises(ConfigError, match="augmentation 'flip' is not one of"):
+        TrainConfig(augmentation="flip")
 
 
 def test_fully_connected_layers_train_at_their_own_rate(monkeypatch):
@@ -175,7 +185,7 @@ def test_batchnorm_statistics_are_recalibrated_on_the_training_images():
 
     samples, images = make_fold_data(n_samples=12, n_subjects=4, size=32)
     train, test = split_fold(samples, "sub01")
-    config = tiny_config(epochs=1, augment=True)
+    config = tiny_config(epochs=1, augmentation="paper")
     device = torch.device("cpu")
     with _reproducible(config.seed, device, config.max_threads):
         fitted = _fit(train, CLASSES, config, images, device, desc="test")
@@ -189,7 +199,7 @@ def test_batchnorm_statistics_are_recalibrated_on_the_training_images():
         # pass over all the un-augmented training images under the final weights
         model.train()
         tensors = _as_tensors(train, images, config.image_size)
-        transform = build_transform(config.image_size, augment=False)
+        transform = build_transform(config.image_size)
         with torch.no_grad():
             model(torch.stack([transform(t) for t in tensors]))
     finally:
@@ -201,7 +211,7 @@ def test_batchnorm_statistics_are_recalibrated_on_the_training_images():
 
     # without recalibration the running averages of the augmented batches stay
     with _reproducible(config.seed, device, config.max_threads):
-        plain = _fit(train, CLASSES, tiny_config(epochs=1, augment=True, recalibrate_bn=False), images, device, "test")
+        plain = _fit(train, CLASSES, tiny_config(epochs=1, augmentation="paper", recalibrate_bn=False), images, device, "test")
     assert not torch.allclose(plain.model.head[1].running_mean, norm.running_mean)
     # and it is a pure function of the final weights and the training images
     before = {k: v.clone() for k, v in model.state_dict().items()}
