@@ -179,7 +179,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.root, args.protocol, args.out, method=args.method, megc_list=_megc_list(args.megc_list),
         apex=args.apex, epochs=args.epochs, image_size=args.image_size, preprocess_size=args.preprocess_size,
         batch_size=args.batch_size, lr=args.lr, fc_lr=args.fc_lr, augmentation=args.augmentation, seed=args.seed,
-        n_key=args.n_key, cgpo=False if args.no_cgpo else None, recalibrate_bn=False if args.no_recalibrate_bn else None,
+        n_key=args.n_key, cgpo=False if args.no_cgpo else None,
+        recalibrate_bn=False if args.no_recalibrate_bn else None,
         face_crop=args.face_crop, backbone=args.backbone, cache_dir=args.cache_dir,
         pretrained_weights=args.pretrained_weights, workers=args.workers, max_threads=args.threads,
         overwrite=args.overwrite)

@@ -86,7 +86,8 @@ def train_protocol(root: str | Path, protocol: str, out_dir: str | Path, *, meth
                    megc_list: str | Path | None = None, apex: str = "annotated", epochs: int | None = None,
                    image_size: int | None = None, preprocess_size: int | None = None, batch_size: int | None = None,
                    lr: float | None = None, fc_lr: float | None = None, augmentation: str | None = None,
-                   seed: int | None = None, n_key: int | None = None, cgpo: bool | None = None, recalibrate_bn: bool | None = None,
+                   seed: int | None = None, n_key: int | None = None, cgpo: bool | None = None,
+                   recalibrate_bn: bool | None = None,
                    face_crop: str | None = None, backbone: str | None = None, pretrained_weights: str | None = None,
                    cache_dir: str | Path | None = None, workers: int | None = 1, max_threads: int | None = None,
                    progress: bool = True, overwrite: bool = False) -> Path:
