@@ -131,10 +131,10 @@ DEMO_VARIANTS = {
 def demo_fold(variant: str) -> tuple[float, int]:
     """One LOSO fold at the synthetic demo's size (``reproduce.PROFILES["synthetic-cpu"]``:
     37 CASME II-sized samples over 6 subjects, cached images of preprocess_size resized to
-    image_size, the profile's CASME II epochs, batch and augmentation). ``variant`` "oneDNN" builds CropNet without
-    the small-map kernels (every convolution through oneDNN) and keeps contiguous tensors;
-    "contiguous" has the kernels but not channels-last; "now" is the kit's default. Each
-    variant runs in a fresh process. Returns (seconds, sample passes)."""
+    image_size, the profile's CASME II epochs, batch and augmentation). ``variant`` "oneDNN"
+    builds CropNet without the small-map kernels (every convolution through oneDNN) and keeps
+    contiguous tensors; "contiguous" has the kernels but not channels-last; "now" is the kit's
+    default. Each variant runs in a fresh process. Returns (seconds, sample passes)."""
     import mer_utils.models.cropnet as cropnet_module
     import mer_utils.train as train_module
     from mer_utils.config import epochs_for

@@ -35,11 +35,12 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCHEDULES = ("cosine", "constant")
-# Training-image augmentations (build_transform): the paper's four (3.2.1), only its two
-# geometric ones (flip and rotation; the synthetic-cpu profile, docs/tuning.md section 9), none.
-AUGMENTATIONS = ("paper", "geometric", "none")
+# Training-image augmentations (build_transform), each with how reports and model cards name
+# it: the paper's four (3.2.1), only its two geometric ones (flip and rotation; the
+# synthetic-cpu profile, docs/tuning.md section 9), none.
 AUGMENTATION_TEXT = {"paper": "the paper's four augmentations", "geometric": "the paper's flip and rotation only",
-                     "none": "no augmentation"}  # as reports and model cards name them
+                     "none": "no augmentation"}
+AUGMENTATIONS = tuple(AUGMENTATION_TEXT)
 # On CUDA the paper's augmentation of a 320 px batch of 16 in the training process (84 ms on an
 # H200 machine) outlasted the GPU step (55 ms): 6 loader processes made a full-gpu fold 1.7x as
 # fast there (README, "Running on a GPU"). A fixed number, not one per core, so that the
@@ -68,7 +69,7 @@ class TrainConfig:
     backbone: str = "rexnet_100"  # timm feature extractor
     head_channels: int = 1536  # CropNet head Conv channels (with embed_dim: 7.53 M parameters, paper ~7.6 M)
     embed_dim: int = 1280  # size of each z_i and position embedding p_i
-    augmentation: str = "paper"  # training images: "paper" (its four augmentations, 3.2.1), "geometric" (flip, rotation), "none"
+    augmentation: str = "paper"  # training images: "paper" (its four, 3.2.1), "geometric" (flip, rotation), "none"
     seed: int = 0  # seeds torch, numpy, random, model init, shuffling and augmentation
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with GradScaler); CPU is float32
