@@ -9,9 +9,12 @@ default device (CUDA when available), once for each number of DataLoader process
 ``--loader-workers`` (default: none, then the default for this device), each in the calling
 process and, with ``--dask``, once more in a one-worker local Dask cluster as ``mer loso``
 runs it. Prints, per run: wall seconds, seconds per epoch (the first one starts the loader
-processes), recalibration and prediction seconds, peak GPU memory, and the ratio of each
-run's time to the first one's (times exclude loading the samples and images). Preprocessing
-goes through the usual cache first and is not timed. On a CPU-only machine it runs too (slowly at 320 px: pass ``--image-size 64``).
+processes and, on CUDA, meets cuDNN's first use of each batch shape), recalibration and
+prediction seconds, peak GPU memory, and the ratio of each run's time to the first one's
+(times exclude loading the samples and images). ``--memory-format`` sets the in-process
+runs' layout; compare layouts in separate invocations, since cuDNN's kernels built in a
+process are reused by its later runs. Preprocessing goes through the usual cache first and
+is not timed. On a CPU-only machine it runs too (slowly at 320 px: pass ``--image-size 64``).
 """
 from __future__ import annotations
 
@@ -23,16 +26,21 @@ import time
 from pathlib import Path
 
 
-def _fold_in_process(config, samples, arrays, subject: str, loader_workers: int | None) -> dict:
+def layout(channels_last: bool | None) -> str:
+    return "channels-last" if channels_last else "contiguous"
+
+
+def _fold_in_process(config, samples, arrays, subject: str, loader_workers: int | None,
+                     channels_last: bool | None = None) -> dict:
     from mer_utils.train import train_fold
 
-    train = dataclasses.replace(config.train_config(), num_workers=loader_workers)
+    train = dataclasses.replace(config.train_config(), num_workers=loader_workers, channels_last=channels_last)
     started = time.perf_counter()
     result = train_fold(samples, subject, train, arrays)
     return {"wall": time.perf_counter() - started, "seconds": result.seconds, "peak": result.gpu_peak_memory_mib,
             "device": result.device, "precision": result.config.get("amp_dtype"),
-            "loader": result.config.get("num_workers"), "subject": subject, "n_train": result.n_train,
-            "losses": result.epoch_losses}
+            "loader": result.config.get("num_workers"), "layout": layout(result.channels_last), "subject": subject,
+            "n_train": result.n_train, "losses": result.epoch_losses}
 
 
 def _fold_in_dask(config, fold: int) -> dict:
@@ -47,8 +55,8 @@ def _fold_in_dask(config, fold: int) -> dict:
     # the fold's wall time less loading the samples and images, as train_fold is timed in process
     return {"wall": record["wall_time_s"] - record["seconds"]["load"], "seconds": record["seconds"],
             "peak": record["gpu_peak_memory_mib"], "device": record["device"], "precision": record["precision"],
-            "loader": record["loader_workers"], "subject": record["subject"], "n_train": record["n_train"],
-            "losses": record["epoch_losses"]}
+            "loader": record["loader_workers"], "layout": layout(record.get("channels_last")),
+            "subject": record["subject"], "n_train": record["n_train"], "losses": record["epoch_losses"]}
 
 
 def main() -> None:
@@ -67,6 +75,9 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--loader-workers", default="0,default",
                         help="comma-separated DataLoader process counts; 'default' is the device's default")
+    parser.add_argument("--memory-format", choices=("default", "contiguous", "channels-last"), default="default",
+                        help="of the in-process runs (the Dask run keeps the default: contiguous on CUDA, "
+                             "channels-last on CPU); cuDNN's first use of a layout in a process is timed too")
     parser.add_argument("--dask", action="store_true", help="also run the fold in a one-worker local Dask cluster")
     args = parser.parse_args()
 
@@ -78,21 +89,24 @@ def main() -> None:
                                 face_crop=config.face_crop, size=config.preprocess_size, workers=None, progress=True)
     arrays = {key: load_image(path) for key, path in images.paths.items()}
     subject = leave_one_subject_out(samples)[args.fold]
+    channels_last = {"default": None, "contiguous": False, "channels-last": True}[args.memory_format]
     runs = []
     for value in args.loader_workers.split(","):
         workers = None if value.strip() == "default" else int(value)
         runs.append((f"in process, loader processes {value.strip()}",
-                     _fold_in_process(config, samples, arrays, subject, workers)))
+                     _fold_in_process(config, samples, arrays, subject, workers, channels_last)))
     if args.dask:
         runs.append(("one-worker local Dask cluster, loader processes default", _fold_in_dask(config, args.fold)))
     first = runs[0][1]
     print(f"\nfold {args.fold} ({first['subject']}, {first['n_train']} training clips), {config.epochs} epochs at "
-          f"{config.image_size} px, batch {config.batch_size}, on {first['device']} ({first['precision']})")
+          f"{config.image_size} px, batch {config.batch_size}, on {first['device']} ({first['precision']}, "
+          f"{first['layout']})")
     for name, run in runs:
         epochs = run["seconds"].get("epochs", [])
         rest = epochs[1:] or epochs
         peak = "n/a (CPU)" if run["peak"] is None else f"{run['peak']:.0f} MiB"
-        print(f"- {name} ({run['loader']} used): {run['wall']:.1f} s, ratio {run['wall'] / first['wall']:.2f}; "
+        print(f"- {name} ({run['loader']} used, {run['layout']}): {run['wall']:.1f} s, "
+              f"ratio {run['wall'] / first['wall']:.2f}; "
               f"first epoch {epochs[0] if epochs else float('nan'):.1f} s, later epochs "
               f"{sum(rest) / max(1, len(rest)):.1f} s each; recalibrate {run['seconds'].get('recalibrate', 0):.1f} s, "
               f"predict {run['seconds'].get('predict', 0):.1f} s; peak GPU memory {peak}; "

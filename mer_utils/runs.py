@@ -7,7 +7,7 @@ Layout of an experiment folder (``out_dir``, e.g. ``papermill_runs/<experiment>/
     fold_05_sub06/              fold 5 tests the 6th subject in sorted order
         predictions.csv         dataset, subject, clip, true_label, pred_label, prob_<class>...
         fold.json               what the fold computed (wall time and where it went, device,
-                                precision, peak GPU memory, losses, n_train)
+                                precision, memory format, peak GPU memory, losses, n_train)
         loss_curve.png          (papermill path) the notebook's figure
         03_train.ipynb          (papermill path) the executed notebook
         done.json               completion marker, written last and atomically
@@ -174,7 +174,7 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
         trained = dict(n_train=result.n_train, device=result.device, pretrained=result.pretrained,
                        weights=config.pretrained_weights, epoch_losses=[float(x) for x in result.epoch_losses],
                        precision=result.config.get("amp_dtype", "float32"),
-                       loader_workers=result.config.get("num_workers"),
+                       loader_workers=result.config.get("num_workers"), channels_last=result.channels_last,
                        gpu_peak_memory_mib=result.gpu_peak_memory_mib,
                        seconds={"load": round(training - started, 3), **result.seconds})
     check_coverage(predictions, test)

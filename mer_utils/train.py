@@ -73,7 +73,7 @@ class TrainConfig:
     seed: int = 0  # seeds torch, numpy, random, model init, shuffling and augmentation
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with GradScaler); CPU is float32
-    channels_last: bool = True  # channels-last memory format (on CPU too: oneDNN is 15-28 % faster with it)
+    channels_last: bool | None = None  # channels-last memory format; None: on CPU yes (oneDNN is faster), on CUDA no
     num_workers: int | None = None  # DataLoader processes; None: 0 on CPU, CUDA_LOADER_WORKERS on CUDA
     pretrained_weights: str | None = None  # "imagenet" (timm's weights), a local weights file, or None = from scratch
     classes: tuple[str, ...] | None = None  # class names in protocol order; None = sorted labels
@@ -106,6 +106,13 @@ class TrainConfig:
         if self.num_workers is not None:
             return self.num_workers
         return CUDA_LOADER_WORKERS if device.type == "cuda" else 0
+
+    def uses_channels_last(self, device: torch.device) -> bool:
+        """Memory format on ``device``: ``channels_last``, or by default channels-last on CPU
+        (oneDNN's convolutions are faster that way) and contiguous on CUDA, where cuDNN builds
+        its channels-last bfloat16 kernels anew for each new batch shape (about 12 s each on
+        an H200, some 35 s a fold) and ran no faster once built (docs/method.md)."""
+        return device.type != "cuda" if self.channels_last is None else bool(self.channels_last)
 
 
 @dataclass
@@ -349,7 +356,7 @@ def _config_record(config: TrainConfig, classes: tuple[str, ...], fitted: "Train
     return {**dataclasses.asdict(config), "classes": list(classes),
             "pretrained_weights": None if config.pretrained_weights is None else str(config.pretrained_weights),
             "amp_dtype": str(fitted.amp_dtype).removeprefix("torch.") if fitted.amp else "float32",
-            "num_workers": config.loader_workers(fitted.device)}
+            "num_workers": config.loader_workers(fitted.device), "channels_last": fitted.channels_last}
 
 
 @dataclass
@@ -388,10 +395,11 @@ def _fit(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig,
         build_transform(config.image_size, config.augmentation)
     )
     model = build_model(config, len(classes)).to(device)
-    if config.channels_last:
+    channels_last = config.uses_channels_last(device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
         model.channels_last = True
-    fitted = TrainedModel(model, classes, [], device, amp, amp_dtype, config.channels_last, len(train))
+    fitted = TrainedModel(model, classes, [], device, amp, amp_dtype, channels_last, len(train))
     fitted.epoch_losses, fitted.seconds["epochs"] = _train(model, train_set, config, device, fitted.autocast,
                                                            use_scaler=amp and amp_dtype == torch.float16, desc=desc)
     if config.recalibrate_bn:

@@ -139,6 +139,7 @@ def test_local_cluster_runs_two_folds_and_scores_them(two_fold_run, data_root):
     assert done["device"] == "cpu" and done["pretrained"] is False and len(done["epoch_losses"]) == 1
     # where the fold's time went, and how it ran: float32 on the CPU, no loader processes, no GPU memory
     assert done["precision"] == "float32" and done["loader_workers"] == 0 and done["gpu_peak_memory_mib"] is None
+    assert done["channels_last"] is True
     assert set(done["seconds"]) == {"load", "epochs", "recalibrate", "predict"} and len(done["seconds"]["epochs"]) == 1
     assert sum(done["seconds"]["epochs"]) + done["seconds"]["load"] <= done["wall_time_s"]
 

@@ -231,6 +231,14 @@ def test_loader_processes_default_to_none_on_cpu_and_a_fixed_number_on_cuda():
             TrainConfig(num_workers=bad)
 
 
+def test_memory_format_defaults_to_channels_last_on_cpu_and_contiguous_on_cuda():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert TrainConfig().uses_channels_last(cpu) is True
+    assert TrainConfig().uses_channels_last(cuda) is False
+    assert TrainConfig(channels_last=True).uses_channels_last(cuda) is True
+    assert TrainConfig(channels_last=False).uses_channels_last(cpu) is False
+
+
 def test_loader_processes_are_forked_on_linux_whatever_the_default_start_method():
     """A Dask worker's default start method is "spawn"; the loader names "fork" itself."""
     import sys
