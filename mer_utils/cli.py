@@ -175,15 +175,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mer_utils.inference import load_model, train_protocol
 
     t0 = time.perf_counter()
-    folder = train_protocol(
-        args.root, args.protocol, args.out, method=args.method, megc_list=_megc_list(args.megc_list),
-        apex=args.apex, epochs=args.epochs, image_size=args.image_size, preprocess_size=args.preprocess_size,
-        batch_size=args.batch_size, lr=args.lr, fc_lr=args.fc_lr, augmentation=args.augmentation, seed=args.seed,
-        n_key=args.n_key, cgpo=False if args.no_cgpo else None,
-        recalibrate_bn=False if args.no_recalibrate_bn else None,
-        face_crop=args.face_crop, backbone=args.backbone, cache_dir=args.cache_dir,
-        pretrained_weights=args.pretrained_weights, workers=args.workers, max_threads=args.threads,
-        overwrite=args.overwrite)
+    folder = train_protocol(_experiment_config(args), args.out, apex=args.apex, workers=args.workers,
+                            max_threads=args.threads, overwrite=args.overwrite)
     card = load_model(folder).card
     data = card["training_data"]
     print(f"model in {folder}: CropNet ({card['preprocessing']['method']}) on {data['n_samples']} samples of "

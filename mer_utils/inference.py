@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ import pandas as pd
 import mer_utils
 from mer_utils.data.sample import Sample
 from mer_utils.errors import ConfigError, DatasetError, MerError, PreprocessError
+
+if TYPE_CHECKING:
+    from mer_utils.config import ExperimentConfig
 
 CARD_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -82,39 +85,30 @@ def _training_data(root: Path, samples: Sequence[Sample]) -> dict:
     }
 
 
-def train_protocol(root: str | Path, protocol: str, out_dir: str | Path, *, method: str = "ars",
-                   megc_list: str | Path | None = None, apex: str = "annotated", epochs: int | None = None,
-                   image_size: int | None = None, preprocess_size: int | None = None, batch_size: int | None = None,
-                   lr: float | None = None, fc_lr: float | None = None, augmentation: str | None = None,
-                   seed: int | None = None, n_key: int | None = None, cgpo: bool | None = None,
-                   recalibrate_bn: bool | None = None,
-                   face_crop: str | None = None, backbone: str | None = None, pretrained_weights: str | None = None,
-                   cache_dir: str | Path | None = None, workers: int | None = 1, max_threads: int | None = None,
-                   progress: bool = True, overwrite: bool = False) -> Path:
-    """Train CropNet on every sample of ``protocol`` under ``root`` and write the model folder
-    ``out_dir`` (returned). Settings left None take the LOSO runner's defaults (``config.ExperimentConfig``,
-    i.e. ``train.TrainConfig``'s); preprocessing goes through the shared cache. ``overwrite``:
-    replace a model folder already at ``out_dir``."""
+def train_protocol(config: ExperimentConfig, out_dir: str | Path, *, apex: str = "annotated",
+                   workers: int | None = 1, max_threads: int | None = None, progress: bool = True,
+                   overwrite: bool = False) -> Path:
+    """Train CropNet on every sample of ``config.protocol`` under ``config.root`` and write the
+    model folder ``out_dir`` (returned). ``config`` is the LOSO runner's configuration
+    (``config.ExperimentConfig``: settings left None take its defaults, i.e.
+    ``train.TrainConfig``'s), so a model is trained exactly as an experiment's folds are;
+    preprocessing goes through the shared cache. ``apex``: how each clip's apex is taken
+    (``data.load_samples``); ``workers``: preprocessing processes; ``max_threads``: torch CPU
+    threads; ``overwrite``: replace a model folder already at ``out_dir``."""
     from mer_utils.data import load_samples
     from mer_utils.files import atomic_write_bytes, atomic_write_text
     from mer_utils.preprocess import PREPROCESS_VERSION, load_image, preprocess_samples
-    from mer_utils.config import ExperimentConfig
     from mer_utils.train import train_model
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    if method == "lbptop":
+    if config.method == "lbptop":
         raise ConfigError("mer train exports CropNet models: method lbptop (the SVM baseline) cannot be exported; "
                           "use ars, rrs, farneback or tvl1")
     if (out_dir / CARD_FILE).exists() and not overwrite:
         raise ConfigError(f"{out_dir} already holds a model ({CARD_FILE}); choose another folder or overwrite it")
-    config = ExperimentConfig(
-        root=str(root), protocol=protocol, method=method, megc_list=str(megc_list) if megc_list else None,
-        epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr, fc_lr=fc_lr, augmentation=augmentation,
-        seed=seed, n_key=n_key, cgpo=cgpo, recalibrate_bn=recalibrate_bn,
-        face_crop=face_crop, cache_dir=str(cache_dir) if cache_dir else None, backbone=backbone,
-        pretrained_weights=str(pretrained_weights) if pretrained_weights else None, preprocess_size=preprocess_size,
-    ).resolved()
+    config = config.resolved()
+    protocol, method = config.protocol, config.method
     samples = load_samples(config.root, config.protocol, megc_list=config.megc_list, apex=apex,
                            face_crop=config.face_crop)
     if not samples:

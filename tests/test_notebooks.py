@@ -259,6 +259,7 @@ def test_08_predict_trains_predicts_an_unseen_video_and_explains(runs):
     folder = run_folder(runs, "08_predict")
     card = json.loads((folder / "model" / "model.json").read_text())
     assert card["training"]["epochs"] == 1 and card["model"]["image_size"] == 32
+    assert card["training"]["augmentation"] == reproduce.PROFILES["synthetic-cpu"]["augmentation"]
     assert (folder / "videos" / "clip.avi").stat().st_size > 0
     influence = table(folder, "tile_influence")
     assert list(influence.index) == [f"z{i}" for i in range(10)]

@@ -11,6 +11,7 @@ import pytest
 
 import mer_utils
 from mer_utils.cli import main
+from mer_utils.config import ExperimentConfig
 from mer_utils.data import load_samples
 from mer_utils.errors import ConfigError, DatasetError, PreprocessError
 from mer_utils.evaluate import metrics_from_file
@@ -19,7 +20,7 @@ from mer_utils.inference import (CARD_FILE, WEIGHTS_FILE, load_model, predict_cl
 from mer_utils.synth import make_synthetic
 
 pytestmark = pytest.mark.slow
-TINY = dict(epochs=1, image_size=32, preprocess_size=48, batch_size=8, max_threads=1, progress=False)
+TINY = dict(protocol="casme2-5class", epochs=1, image_size=32, preprocess_size=48, batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,8 @@ def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("predict")
     make_synthetic(base / "data", datasets=("casme2",), subjects=2, workers=1, progress=False)
     make_synthetic(base / "unseen", datasets=("casme2",), subjects=1, seed=1, workers=1, progress=False)
-    model_dir = train_protocol(base / "data", "casme2-5class", base / "model", **TINY)
+    model_dir = train_protocol(ExperimentConfig(root=str(base / "data"), **TINY), base / "model", max_threads=1,
+                               progress=False)
     unseen = load_samples(base / "unseen", "casme2-5class")
     return base, model_dir, unseen
 
@@ -47,7 +49,7 @@ def test_model_folder_describes_itself(setup):
     assert data["synthetic"] is True and data["n_samples"] == 13 and data["n_subjects"] == 2
     assert "synthetic data" in data["description"] and card["created"]
     with pytest.raises(ConfigError, match="already holds a model"):
-        train_protocol(base / "data", "casme2-5class", model_dir, **TINY)
+        train_protocol(ExperimentConfig(root=str(base / "data"), **TINY), model_dir, progress=False)
 
 
 def test_predict_a_frame_folder_and_the_same_clip_as_a_video(setup, tmp_path):
@@ -94,9 +96,13 @@ def test_cli_train_writes_a_model(setup, tmp_path, capsys):
     base, _, _ = setup
     code = main(["train", "--root", str(base / "unseen"), "--protocol", "casme2-5class", "--epochs", "1",
                  "--image-size", "32", "--preprocess-size", "48", "--batch-size", "8", "--threads", "1",
-                 "--out", str(tmp_path / "m")])
+                 "--lr", "0.002", "--augmentation", "none", "--seed", "3", "--out", str(tmp_path / "m")])
     assert code == 0 and "model in" in capsys.readouterr().out
-    assert load_model(tmp_path / "m").card["training_data"]["n_subjects"] == 1
+    card = load_model(tmp_path / "m").card
+    assert card["training_data"]["n_subjects"] == 1
+    # the options reach the model as `mer loso` passes them to its folds (one ExperimentConfig)
+    assert (card["training"]["lr"], card["training"]["augmentation"], card["training"]["seed"]) == (0.002, "none", 3)
+    assert card["model"]["image_size"] == 32 and card["preprocessing"]["size"] == 48
 
 
 # ----------------------------------------------------------------------------- bad input
