@@ -111,7 +111,7 @@ class TrainConfig:
         """Memory format on ``device``: ``channels_last``, or by default channels-last on CPU
         (oneDNN's convolutions are faster that way) and contiguous on CUDA, where cuDNN builds
         its channels-last bfloat16 kernels anew for each new batch shape (about 12 s each on
-        an H200, some 35 s a fold) and ran no faster once built (docs/method.md)."""
+        an H200, some 35 s a fold) and ran no faster once built (README, "Running on a GPU")."""
         return device.type != "cuda" if self.channels_last is None else bool(self.channels_last)
 
 
