@@ -70,6 +70,9 @@ def _add_training_args(p: argparse.ArgumentParser, methods: tuple[str, ...] | No
     p.add_argument("--augmentation", default=None, choices=AUGMENTATIONS,
                    help=f"training-image augmentation: the paper's four, its flip and rotation only, or none "
                         f"(default {train.augmentation})")
+    p.add_argument("--ensemble", type=int, default=None,
+                   help=f"networks per fold, trained with seeds seed, seed+1, ...; their softmax probabilities "
+                        f"are averaged (default {train.ensemble}: one network, as the paper)")
     p.add_argument("--no-cgpo", action="store_true", help="single-image ablation variant")
     p.add_argument("--no-recalibrate-bn", action="store_true",
                    help="test with BatchNorm's running averages, as the paper does, instead of the statistics "

@@ -24,11 +24,11 @@ from mer_utils.errors import ConfigError
 CROPNET_METHODS = ("ars", "rrs", "farneback", "tvl1")  # the CropNet input images (preprocess.METHODS)
 METHODS = CROPNET_METHODS + ("lbptop",)  # ... and the MEGC2019 baseline
 NO_WEIGHTS = ("", "none")  # pretrained_weights values meaning "train from scratch"
-CROPNET_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "augmentation", "cgpo", "recalibrate_bn",
-                  "backbone", "pretrained_weights", "n_key", "preprocess_size")
+CROPNET_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "augmentation", "ensemble", "cgpo",
+                  "recalibrate_bn", "backbone", "pretrained_weights", "n_key", "preprocess_size")
 # defaults from TrainConfig
-TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "augmentation", "cgpo", "recalibrate_bn",
-                "backbone")
+TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "fc_lr", "augmentation", "ensemble", "cgpo",
+                "recalibrate_bn", "backbone")
 LBPTOP_FIELDS = ("lbptop_frames", "lbptop_size")
 # Recorded in config.json but not compared on resume: the cache is keyed by its parameters,
 # so where it lives does not change any result.
@@ -84,6 +84,7 @@ class ExperimentConfig:
     lr: float | None = None
     fc_lr: float | None = None
     augmentation: str | None = None
+    ensemble: int | None = None
     seed: int | None = None
     n_key: int | None = None
     cgpo: bool | None = None
@@ -135,7 +136,8 @@ class ExperimentConfig:
             values["preprocess_size"] = self.preprocess_size or PREPROCESS_SIZE
             values["pretrained_weights"] = resolve_weights(self.pretrained_weights)
         config = dataclasses.replace(self, **values)
-        for name in ("epochs", "image_size", "batch_size", "n_key", "preprocess_size", "lbptop_frames", "lbptop_size"):
+        for name in ("epochs", "image_size", "batch_size", "ensemble", "n_key", "preprocess_size", "lbptop_frames",
+                     "lbptop_size"):
             value = getattr(config, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -208,8 +210,8 @@ class ExperimentConfig:
 
         return TrainConfig(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, fc_lr=self.fc_lr, image_size=self.image_size,
-            augmentation=self.augmentation, cgpo=self.cgpo, recalibrate_bn=self.recalibrate_bn, backbone=self.backbone,
-            seed=self.seed, pretrained_weights=self.pretrained_weights, classes=PROTOCOLS[self.protocol].classes,
+            augmentation=self.augmentation, ensemble=self.ensemble, cgpo=self.cgpo, recalibrate_bn=self.recalibrate_bn,
+            backbone=self.backbone, seed=self.seed, pretrained_weights=self.pretrained_weights, classes=PROTOCOLS[self.protocol].classes,
             max_threads=max_threads, progress=progress,
         )
 

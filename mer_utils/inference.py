@@ -136,11 +136,14 @@ def train_protocol(config: ExperimentConfig, out_dir: str | Path, *, apex: str =
         "model": {"architecture": "CropNet", "backbone": train_config.backbone, "cgpo": train_config.cgpo,
                   "image_size": train_config.image_size, "grid": train_config.grid, "alpha": train_config.alpha,
                   "head_channels": train_config.head_channels, "embed_dim": train_config.embed_dim,
+                  "ensemble": train_config.ensemble,
                   "pretrained_weights": config.pretrained_weights, "pretrained": fitted.model.pretrained},
         "training": {**{k: settings[k] for k in ("epochs", "batch_size", "lr", "fc_lr", "weight_decay",
                                                  "label_smoothing", "schedule", "augmentation", "seed",
                                                  "recalibrate_bn")},
                      "device": fitted.device.type, "epoch_losses": [round(float(x), 6) for x in fitted.epoch_losses],
+                     **({"member_epoch_losses": [[round(x, 6) for x in losses] for losses in fitted.member_losses]}
+                        if fitted.member_losses else {}),
                      "wall_time_s": round(time.perf_counter() - started, 1)},
         "training_data": _training_data(Path(config.root), samples),
         "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(weights).hexdigest()},
@@ -199,6 +202,14 @@ def load_model(folder: str | Path) -> LoadedModel:
     except Exception as err:  # safetensors raises its own error types
         raise ConfigError(f"{folder / WEIGHTS_FILE} is not a safetensors weights file: {err}") from None
     model = build_model(dataclasses.replace(config, pretrained_weights=None), len(classes))
+    members = spec.get("ensemble", 1)  # cards written before the setting: one network
+    if members != 1:
+        from mer_utils.models.ensemble import SeedEnsemble
+
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise ConfigError(f"{folder / CARD_FILE}: model.ensemble must be a whole number >= 1, got {members!r}")
+        model = SeedEnsemble([model] + [build_model(dataclasses.replace(config, pretrained_weights=None), len(classes))
+                                        for _ in range(members - 1)])
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -486,6 +497,10 @@ def _augmentation(training: dict) -> str:
     return "paper" if training.get("augment", True) else "none"
 
 
+def _ensemble_text(members: int, seed: int) -> str:
+    return "" if members == 1 else f", {members} networks (seeds {seed}..{seed + members - 1}), softmax averaged"
+
+
 def card_table(model: LoadedModel) -> pd.DataFrame:
     """The model card as a two-column table (field, value) for a report."""
     from mer_utils.train import AUGMENTATION_TEXT
@@ -497,7 +512,8 @@ def card_table(model: LoadedModel) -> pd.DataFrame:
         "apex": card.get("apex", "annotated"),
         "preprocessing": ", ".join(f"{k} {v}" for k, v in card["preprocessing"].items()),
         "backbone": f"{card['model']['backbone']} ({'ImageNet ' + str(card['model']['pretrained_weights']) if card['model']['pretrained'] else 'from scratch'})",
-        "CropNet input": f"{card['model']['image_size']} px, CGPO {'on' if card['model']['cgpo'] else 'off'}",
+        "CropNet input": f"{card['model']['image_size']} px, CGPO {'on' if card['model']['cgpo'] else 'off'}"
+                         + _ensemble_text(card["model"].get("ensemble", 1), card["training"]["seed"]),
         "training": f"{card['training']['epochs']} epochs, batch {card['training']['batch_size']}, lr {card['training']['lr']}, "
                     f"{AUGMENTATION_TEXT[_augmentation(card['training'])]}, seed {card['training']['seed']}, "
                     f"final loss {card['training']['epoch_losses'][-1]:.4f}",

@@ -177,6 +177,8 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
                        loader_workers=result.config.get("num_workers"), channels_last=result.channels_last,
                        gpu_peak_memory_mib=result.gpu_peak_memory_mib,
                        seconds={"load": round(training - started, 3), **result.seconds})
+        if result.member_losses:  # an ensemble: epoch_losses are the members' means
+            trained["member_epoch_losses"] = result.member_losses
     check_coverage(predictions, test)
     write_predictions(predictions, fold_dir / PREDICTIONS_FILE)
     record = dict(fold=fold, subject=subject, method=config.method, n_test=len(test), **trained,

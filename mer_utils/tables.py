@@ -180,8 +180,8 @@ def weights_description(weights: str | None) -> str:
 def training_note(experiments: Mapping[str, object]) -> str:
     """How each CropNet experiment was trained, as its folds recorded it (``fold.json``:
     "weights"): from scratch, from timm's ImageNet weights or from a local file, with its
-    epochs, learning rate, batch size, input size and training augmentation. LBP-TOP rows are
-    named as the baseline."""
+    epochs, learning rate, batch size, input size, training augmentation and, for an ensemble,
+    its networks per fold. LBP-TOP rows are named as the baseline."""
     from mer_utils.train import AUGMENTATION_TEXT
 
     groups: dict[str, list[str]] = {}
@@ -199,6 +199,9 @@ def training_note(experiments: Mapping[str, object]) -> str:
         used = {r.get("weights", config.pretrained_weights) for r in records} or {config.pretrained_weights}
         start = " / ".join(sorted(weights_description(w) for w in used))
         epochs = f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}"
+        if config.ensemble > 1:  # several networks per fold
+            epochs = (f"{config.ensemble} networks per fold (seeds {config.seed}..{config.seed + config.ensemble - 1}, "
+                      f"softmax averaged), {epochs} each")
         how = (f"CropNet trained {start}, {epochs} (fixed before the run), lr {config.lr:g} "
                f"(fully connected layers {config.fc_lr:g}), batch {config.batch_size}, at {config.image_size} px, "
                f"{AUGMENTATION_TEXT[config.augmentation]}")

@@ -70,6 +70,7 @@ class TrainConfig:
     head_channels: int = 1536  # CropNet head Conv channels (with embed_dim: 7.53 M parameters, paper ~7.6 M)
     embed_dim: int = 1280  # size of each z_i and position embedding p_i
     augmentation: str = "paper"  # training images: "paper" (its four, 3.2.1), "geometric" (flip, rotation), "none"
+    ensemble: int = 1  # networks per fold (seeds seed, seed + 1, ...), softmax averaged; 1: the paper's one network
     seed: int = 0  # seeds torch, numpy, random, model init, shuffling and augmentation
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with GradScaler); CPU is float32
@@ -88,6 +89,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig: epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"TrainConfig: schedule {self.schedule!r} is not one of {SCHEDULES}")
+        if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) or self.ensemble < 1:
+            raise ConfigError(f"TrainConfig: ensemble must be a whole number >= 1, got {self.ensemble!r}")
         if self.augmentation not in AUGMENTATIONS:
             raise ConfigError(f"TrainConfig: augmentation {self.augmentation!r} is not one of {AUGMENTATIONS}")
         if not (self.lr > 0 and self.fc_lr > 0):
@@ -138,6 +141,7 @@ class FoldResult:
     config: dict = field(default_factory=dict)
     gpu_peak_memory_mib: float | None = None  # CUDA: peak memory torch allocated during the fold; CPU: None
     seconds: dict = field(default_factory=dict)  # wall seconds: "epochs" (a list), "recalibrate", "predict"
+    member_losses: list[list[float]] = field(default_factory=list)  # ensemble: each member's epoch losses
 
     def to_frame(self) -> pd.DataFrame:
         """The predictions table: dataset, subject, clip, true_label, pred_label, prob_<class>..."""
@@ -349,6 +353,7 @@ def train_fold(
         config=_config_record(config, classes, fitted),
         gpu_peak_memory_mib=peak,
         seconds=seconds,
+        member_losses=fitted.member_losses,
     )
 
 
@@ -372,6 +377,7 @@ class TrainedModel:
     channels_last: bool
     n_train: int
     seconds: dict = field(default_factory=dict)  # "epochs": each epoch's wall seconds; "recalibrate"
+    member_losses: list[list[float]] = field(default_factory=list)  # ensemble: each member's epoch losses
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
@@ -385,6 +391,32 @@ def _check_trainable(samples: Sequence[Sample]) -> None:
 
 def _fit(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig, images: Mapping[str, np.ndarray],
          device: torch.device, desc: str) -> TrainedModel:
+    """One CropNet (``_fit_one``), or ``config.ensemble`` of them as a ``SeedEnsemble``: member
+    k is trained exactly as a single run with seed ``config.seed + k`` (its own seeding,
+    initialisation, shuffling and augmentation). Epoch losses are the members' means, seconds
+    their sums; call inside ``_reproducible``."""
+    if config.ensemble == 1:
+        return _fit_one(train, classes, config, images, device, desc)
+    from mer_utils.models.ensemble import SeedEnsemble
+
+    members = []
+    for k in range(config.ensemble):
+        member = dataclasses.replace(config, seed=config.seed + k, ensemble=1)
+        with _reproducible(member.seed, device, config.max_threads):
+            members.append(_fit_one(train, classes, member, images, device,
+                                    desc=f"{desc}, network {k + 1}/{config.ensemble}"))
+    first = members[0]
+    seconds = {"epochs": [round(sum(column), 3) for column in zip(*(m.seconds["epochs"] for m in members))]}
+    if "recalibrate" in first.seconds:
+        seconds["recalibrate"] = round(sum(m.seconds["recalibrate"] for m in members), 3)
+    losses = [float(np.mean(column)) for column in zip(*(m.epoch_losses for m in members))]
+    return TrainedModel(SeedEnsemble([m.model for m in members]), classes, losses, device, first.amp, first.amp_dtype,
+                        first.channels_last, first.n_train, seconds,
+                        member_losses=[[float(x) for x in m.epoch_losses] for m in members])
+
+
+def _fit_one(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig,
+             images: Mapping[str, np.ndarray], device: torch.device, desc: str) -> TrainedModel:
     """Build CropNet and run the one training loop (``_train``) on ``train``; call inside ``_reproducible``."""
     on_cuda = device.type == "cuda"
     amp = config.amp and on_cuda

@@ -56,6 +56,10 @@ def test_both_learning_rates_reach_the_configuration(tmp_path):
     args = build_parser().parse_args(["loso", "--root", str(tmp_path), "--protocol", "casme2-5class",
                                       "--augmentation", "geometric", "--out", "o"])
     assert _experiment_config(args).resolved().train_config().augmentation == "geometric"
+    assert _experiment_config(args).resolved().ensemble == 1
+    args = build_parser().parse_args(["train", "--root", str(tmp_path), "--protocol", "casme2-5class",
+                                      "--ensemble", "2", "--out", "o"])
+    assert _experiment_config(args).resolved().train_config().ensemble == 2
 
 
 def test_loso_runs_folds_in_process_with_no_fold_notebooks(tmp_path, monkeypatch, capsys):

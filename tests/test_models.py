@@ -287,3 +287,24 @@ def test_small_map_kernels_train_after_a_prediction_under_inference_mode():
     x = torch.randn(2, 4, 2, 2, requires_grad=True)
     conv(x).sum().backward()
     assert x.grad is not None and conv.weight.grad is not None
+
+
+def test_seed_ensemble_outputs_the_log_of_its_members_mean_probabilities():
+    from mer_utils.models.ensemble import SeedEnsemble
+
+    torch.manual_seed(0)
+    members = [CropNet(num_classes=3, image_size=64, head_channels=16, embed_dim=8).eval() for _ in range(3)]
+    ensemble = SeedEnsemble(members).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = torch.stack([torch.softmax(m(x), dim=1) for m in members]).mean(0)
+        got = ensemble(x)
+        views = ensemble.views(x)
+        torch.testing.assert_close(torch.softmax(got, dim=1), expected)
+        torch.testing.assert_close(got.exp().sum(1), torch.ones(2))  # already normalised
+        torch.testing.assert_close(ensemble.forward_views(views), got)  # tile blanking goes through views
+    assert (ensemble.num_classes, ensemble.image_size, ensemble.pretrained) == (3, 64, False)
+    with pytest.raises(ConfigError, match="two or more members"):
+        SeedEnsemble(members[:1])
+    with pytest.raises(ConfigError, match="members differ"):
+        SeedEnsemble([members[0], CropNet(num_classes=4, image_size=64, head_channels=16, embed_dim=8)])

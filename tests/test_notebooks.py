@@ -103,7 +103,7 @@ def configuration_defaults() -> dict:
 
     train, options = TrainConfig(), RunOptions()
     return {"epochs": train.epochs, "lr": train.lr, "fc_lr": train.fc_lr, "batch_size": train.batch_size,
-            "image_size": train.image_size, "augmentation": train.augmentation,
+            "image_size": train.image_size, "augmentation": train.augmentation, "ensemble": train.ensemble,
             "cgpo": train.cgpo, "recalibrate_bn": train.recalibrate_bn, "backbone": train.backbone, "seed": train.seed,
             "pretrained_weights": "none",
             "n_key": N_KEY, "preprocess_size": PREPROCESS_SIZE, "face_crop": FACE_CROP,

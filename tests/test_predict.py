@@ -193,3 +193,24 @@ def test_apex_errors_count_only_annotated_clips():
     table = pd.DataFrame({"apex_spotted": [10, 20, 30], "apex_annotated": [12, float("nan"), 30],
                           "apex_middle": [15, 25, 26]})
     assert apex_errors(table) == {"clips": 2, "spotted": 1.0, "middle": 3.5}
+
+
+def test_an_ensemble_model_folder_round_trips(setup, tmp_path):
+    from mer_utils.inference import card_table
+    from mer_utils.models.ensemble import SeedEnsemble
+
+    base, _, unseen = setup
+    config = ExperimentConfig(root=str(base / "data"), **TINY, ensemble=2, seed=5)
+    folder = train_protocol(config, tmp_path / "ensemble", max_threads=1, progress=False)
+    model = load_model(folder)
+    assert isinstance(model.model, SeedEnsemble) and len(model.model.members) == 2
+    assert model.card["model"]["ensemble"] == 2 and len(model.card["training"]["member_epoch_losses"]) == 2
+    assert "2 networks (seeds 5..6), softmax averaged" in card_table(model).loc["CropNet input", "value"]
+    prediction = predict_clip(model, unseen[0].frames[0].parent)
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0)
+    # a card that names another number of networks than its weights hold: one clear error
+    card = json.loads((folder / CARD_FILE).read_text())
+    card["model"]["ensemble"] = 3
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ConfigError, match="does not fit the model its card describes"):
+        load_model(folder)

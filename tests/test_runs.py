@@ -104,6 +104,10 @@ def test_config_resolves_defaults_and_round_trips_through_json(data_root):
     assert config.replace(augmentation="geometric").resolved().train_config().augmentation == "geometric"
     with pytest.raises(ConfigError, match="augmentation must be one of paper, geometric, none, got 'colour'"):
         config.replace(augmentation="colour").resolved()
+    # one network per fold by default, as the paper; an ensemble is a setting like any other
+    assert config.ensemble == 1 and config.replace(ensemble=3).resolved().train_config().ensemble == 3
+    with pytest.raises(ConfigError, match="ensemble must be a positive integer, got 0"):
+        config.replace(ensemble=0).resolved()
     assert (config.seed, config.n_key, config.face_crop, config.preprocess_size) == (0, 5, "dlib", 320)
     assert Path(config.cache_dir) == data_root.parent / "interim" / "cache"
     assert ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

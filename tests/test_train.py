@@ -256,3 +256,22 @@ def test_loader_processes_give_a_repeatable_fold():
     first, second = (train_fold(samples, "sub01", tiny_config(num_workers=2), images) for _ in range(2))
     assert first.epoch_losses == second.epoch_losses and np.array_equal(first.probs, second.probs)
     assert first.config["num_workers"] == 2 and len(first.seconds["epochs"]) == 2
+
+
+def test_an_ensemble_averages_networks_trained_as_single_runs_with_consecutive_seeds():
+    samples, images = make_fold_data(n_samples=12, n_subjects=4, size=40)
+    singles = [train_fold(samples, "sub02", tiny_config(seed=seed), images) for seed in (3, 4)]
+    ensemble = train_fold(samples, "sub02", tiny_config(seed=3, ensemble=2), images)
+    # member k is the single run with seed 3 + k: the same losses, and the probabilities averaged
+    assert ensemble.member_losses == [single.epoch_losses for single in singles]
+    np.testing.assert_allclose(ensemble.epoch_losses, np.mean([s.epoch_losses for s in singles], axis=0))
+    np.testing.assert_allclose(ensemble.probs, (singles[0].probs + singles[1].probs) / 2, atol=1e-6)
+    assert ensemble.y_pred == [CLASSES[i] for i in ensemble.probs.argmax(axis=1)]
+    assert len(ensemble.seconds["epochs"]) == 2 and ensemble.config["ensemble"] == 2
+    assert singles[0].member_losses == []  # one network: no members recorded
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_an_ensemble_needs_a_whole_number_of_networks(bad):
+    with pytest.raises(ConfigError, match="ensemble must be a whole number >= 1"):
+        TrainConfig(ensemble=bad)
