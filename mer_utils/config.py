@@ -211,8 +211,8 @@ class ExperimentConfig:
         return TrainConfig(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, fc_lr=self.fc_lr, image_size=self.image_size,
             augmentation=self.augmentation, ensemble=self.ensemble, cgpo=self.cgpo, recalibrate_bn=self.recalibrate_bn,
-            backbone=self.backbone, seed=self.seed, pretrained_weights=self.pretrained_weights, classes=PROTOCOLS[self.protocol].classes,
-            max_threads=max_threads, progress=progress,
+            backbone=self.backbone, seed=self.seed, pretrained_weights=self.pretrained_weights,
+            classes=PROTOCOLS[self.protocol].classes, max_threads=max_threads, progress=progress,
         )
 
 
