@@ -108,17 +108,16 @@ def train_protocol(config: ExperimentConfig, out_dir: str | Path, *, apex: str =
     if (out_dir / CARD_FILE).exists() and not overwrite:
         raise ConfigError(f"{out_dir} already holds a model ({CARD_FILE}); choose another folder or overwrite it")
     config = config.resolved()
-    protocol, method = config.protocol, config.method
     samples = load_samples(config.root, config.protocol, megc_list=config.megc_list, apex=apex,
                            face_crop=config.face_crop)
     if not samples:
-        raise DatasetError(f"{config.root}: protocol {protocol} has no samples to train on")
-    result = preprocess_samples(samples, method=method, cache_dir=config.cache_dir, n_key=config.n_key,
+        raise DatasetError(f"{config.root}: protocol {config.protocol} has no samples to train on")
+    result = preprocess_samples(samples, method=config.method, cache_dir=config.cache_dir, n_key=config.n_key,
                                 face_crop=config.face_crop, size=config.preprocess_size, workers=workers,
                                 progress=progress)
     images = {key: load_image(path) for key, path in result.paths.items()}
     train_config = config.train_config(max_threads=max_threads, progress=progress)
-    fitted = train_model(samples, train_config, images, desc=f"train {protocol}")
+    fitted = train_model(samples, train_config, images, desc=f"train {config.protocol}")
 
     weights = _weights_bytes(fitted.model)
     settings = dataclasses.asdict(train_config)
@@ -128,10 +127,10 @@ def train_protocol(config: ExperimentConfig, out_dir: str | Path, *, apex: str =
         "kit_version": mer_utils.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "classes": list(fitted.classes),
-        "protocol": protocol,
+        "protocol": config.protocol,
         "megc_list": config.megc_list,
         "apex": apex,
-        "preprocessing": {"method": method, "n_key": config.n_key, "face_crop": config.face_crop,
+        "preprocessing": {"method": config.method, "n_key": config.n_key, "face_crop": config.face_crop,
                           "size": config.preprocess_size, "preprocess_version": PREPROCESS_VERSION},
         "model": {"architecture": "CropNet", "backbone": train_config.backbone, "cgpo": train_config.cgpo,
                   "image_size": train_config.image_size, "grid": train_config.grid, "alpha": train_config.alpha,
@@ -186,13 +185,16 @@ def load_model(folder: str | Path) -> LoadedModel:
                           f"{mer_utils.__version__}: its preprocessing or model may differ; retrain it with `mer train`")
     try:
         spec, preprocessing, classes = card["model"], card["preprocessing"], tuple(card["classes"])
+        # cards written before the ensemble setting hold one network
         config = TrainConfig(image_size=spec["image_size"], cgpo=spec["cgpo"], grid=spec["grid"], alpha=spec["alpha"],
                              backbone=spec["backbone"], head_channels=spec["head_channels"], embed_dim=spec["embed_dim"],
-                             classes=classes, device="cpu", progress=False)
+                             ensemble=spec.get("ensemble", 1), classes=classes, device="cpu", progress=False)
         for name in ("method", "n_key", "face_crop", "size"):
             preprocessing[name]
     except (KeyError, TypeError) as err:
         raise ConfigError(f"{folder / CARD_FILE} lacks the field {err} of a model card") from None
+    except ConfigError as err:  # a value TrainConfig refuses (e.g. model.ensemble 0)
+        raise ConfigError(f"{folder / CARD_FILE}: {err}") from None
     data = (folder / WEIGHTS_FILE).read_bytes()
     expected = card.get("weights", {}).get("sha256")
     if expected and hashlib.sha256(data).hexdigest() != expected:
@@ -201,15 +203,14 @@ def load_model(folder: str | Path) -> LoadedModel:
         state = load(data)
     except Exception as err:  # safetensors raises its own error types
         raise ConfigError(f"{folder / WEIGHTS_FILE} is not a safetensors weights file: {err}") from None
-    model = build_model(dataclasses.replace(config, pretrained_weights=None), len(classes))
-    members = spec.get("ensemble", 1)  # cards written before the setting: one network
-    if members != 1:
+    networks = [build_model(dataclasses.replace(config, pretrained_weights=None), len(classes))
+                for _ in range(config.ensemble)]
+    if len(networks) == 1:
+        model = networks[0]
+    else:
         from mer_utils.models.ensemble import SeedEnsemble
 
-        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
-            raise ConfigError(f"{folder / CARD_FILE}: model.ensemble must be a whole number >= 1, got {members!r}")
-        model = SeedEnsemble([model] + [build_model(dataclasses.replace(config, pretrained_weights=None), len(classes))
-                                        for _ in range(members - 1)])
+        model = SeedEnsemble(networks)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
