@@ -25,6 +25,10 @@ else
 PROFILE ?= full-gpu
 endif
 
+# Notebook parameters over the profile's, as papermill's -p (`mer reproduce -p NAME VALUE`), e.g.
+# make demo PARAMS="-p ensemble 2" RUNS_DIR=papermill_runs/ensemble2 REPORTS_DIR=reports/ensemble2
+PARAMS ?=
+
 .PHONY: install test demo synth reproduce
 
 install: $(STAMP)
@@ -47,4 +51,4 @@ synth: install
 demo: synth reproduce
 
 reproduce: install
-	$(PY) -m mer_utils reproduce --data-root $(DATA_ROOT) --profile $(PROFILE) --runs-dir $(RUNS_DIR) --reports-dir $(REPORTS_DIR)
+	$(PY) -m mer_utils reproduce --data-root $(DATA_ROOT) --profile $(PROFILE) --runs-dir $(RUNS_DIR) --reports-dir $(REPORTS_DIR) $(PARAMS)

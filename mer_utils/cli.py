@@ -220,10 +220,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from mer_utils.reproduce import reproduce
+    from mer_utils.reproduce import reproduce, typed_overrides
 
+    overrides = typed_overrides(args.parameter or [], args.only)
     index = reproduce(data_root=args.data_root, profile=args.profile, only=args.only,
-                      runs_dir=args.runs_dir, reports_dir=args.reports_dir)
+                      runs_dir=args.runs_dir, reports_dir=args.reports_dir, overrides=overrides)
     print(f"reports: {index}")
     return 0
 
@@ -309,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="synthetic-cpu", choices=("synthetic-cpu", "full-gpu"),
                    help="parameter set: small and CPU-fast for the synthetic data, or the paper's for a GPU")
     p.add_argument("--only", nargs="*", default=None, help="notebook numbers, e.g. 01 04")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="set a notebook parameter over the profile's, as papermill's -p (repeatable), "
+                        "e.g. -p ensemble 2 -p epochs 30; typed as the notebooks declare it")
     p.add_argument("--runs-dir", type=Path, default=Path(paths.RUNS_DIR))
     p.add_argument("--reports-dir", type=Path, default=Path(paths.REPORTS_DIR))
     p.set_defaults(func=cmd_reproduce)

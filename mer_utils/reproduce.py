@@ -128,6 +128,34 @@ def declared_parameters(path: str | os.PathLike) -> dict[str, dict]:
     return dict(papermill.inspect_notebook(str(path)))
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+_CONVERTERS = {"int": int, "float": float, "str": str,
+               "bool": lambda text: _BOOLEANS[text.strip().lower()]}
+
+
+def typed_overrides(pairs: Iterable[Sequence[str]], names: Iterable[str] | str | None = None,
+                    notebooks_folder: str | os.PathLike | None = None) -> dict[str, object]:
+    """``-p NAME VALUE`` pairs of ``mer reproduce`` as ``run_notebooks`` overrides: each value
+    converted to the type the notebooks' ``parameters`` cells declare for NAME (int, float,
+    str or bool), the last pair winning for a repeated NAME. A name no notebook declares stays
+    a string, for ``run_notebooks`` to refuse by name."""
+    paths = list_notebooks(names, notebooks_folder if notebooks_folder is not None else notebooks_dir())
+    declared: dict[str, dict] = {}
+    for path in paths:
+        for name, spec in declared_parameters(path).items():
+            declared.setdefault(name, spec)
+    overrides: dict[str, object] = {}
+    for name, text in pairs:
+        spec = declared.get(name)
+        convert = _CONVERTERS.get(spec["inferred_type_name"], str) if spec else str
+        try:
+            overrides[name] = convert(text)
+        except (KeyError, ValueError):
+            raise ConfigError(f"-p {name} {text!r}: the notebooks declare {name} as {spec['inferred_type_name']} "
+                              f"(default {spec['default']}); give a value of that type") from None
+    return overrides
+
+
 def _papermill_output(path: Path) -> bool:
     import nbformat
 

@@ -128,3 +128,35 @@ def test_bad_inputs_fail_before_any_work_or_output(tmp_path, capsys):
     assert main(["data", "--root", str(readme), "--protocol", "casme2-5class"]) == 2
     assert capsys.readouterr().err.startswith(f"error: data root {readme} is not a folder")
     assert blocker.read_text() == "mine" and readme.read_text() == "notes"
+
+
+def test_reproduce_parameters_are_typed_as_the_notebooks_declare_them(tmp_path, monkeypatch, capsys):
+    from mer_utils import reproduce
+
+    seen = {}
+
+    def fake_reproduce(**kwargs):
+        seen.update(kwargs)
+        return tmp_path / "reports" / "index.html"
+
+    monkeypatch.setattr(reproduce, "reproduce", fake_reproduce)
+    assert main(["reproduce", "--data-root", str(tmp_path), "-p", "ensemble", "3", "-p", "lr", "0.002",
+                 "-p", "fold_notebooks", "true", "-p", "augmentation", "none", "-p", "ensemble", "2"]) == 0
+    # the last of a repeated name wins, as with papermill's -p
+    assert seen["overrides"] == {"ensemble": 2, "lr": 0.002, "fold_notebooks": True, "augmentation": "none"}
+    assert seen["profile"] == "synthetic-cpu"
+
+
+def test_reproduce_refuses_a_mistyped_or_unknown_parameter_before_any_work(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = ["reproduce", "--data-root", str(tmp_path), "--runs-dir", str(runs), "--reports-dir", str(tmp_path / "r")]
+    assert main(args + ["-p", "ensemble", "two"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: -p ensemble 'two': the notebooks declare ensemble as int (default 1); "
+                   "give a value of that type\n")
+    assert main(args + ["-p", "fold_notebooks", "maybe"]) == 2
+    assert "declare fold_notebooks as bool" in capsys.readouterr().err
+    assert main(args + ["-p", "ensembles", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: override(s) ensembles are parameters of none of 01_preprocessing")
+    assert err.count("\n") == 1 and not runs.exists()
