@@ -292,6 +292,28 @@ def check_unique(samples: list[Sample], sources: list[str], source: Path) -> Non
     raise_collected(problems, source)
 
 
+def read_sheet_samples(annotation: Path, required: Iterable[str], row_sample: Callable[[SheetRow, str], Sample],
+                       dataset_name: str) -> list[Sample]:
+    """Every sample of an annotation sheet (CASME II, SAMM), sorted by subject and clip:
+    ``row_sample(row, where)`` makes each; the problems of all rows are raised together
+    (raise_collected), then an empty sheet, then a clip annotated twice."""
+    samples: list[Sample] = []
+    sources: list[str] = []
+    problems: list[str] = []
+    for row in read_annotation_sheet(annotation, required):
+        where = f"{annotation.name} row {row.number}"
+        try:
+            samples.append(row_sample(row, where))
+            sources.append(where)
+        except DatasetError as error:
+            problems.append(str(error))
+    raise_collected(problems, annotation)
+    if not samples:
+        raise DatasetError(f"{annotation}: the sheet has no data rows below its header: no {dataset_name} sample")
+    check_unique(samples, sources, annotation)
+    return sorted(samples, key=lambda s: (s.subject, s.clip))
+
+
 def sheet_row_sample(row: SheetRow, where: str, *, dataset: str, subject_of: Callable[[Any], str],
                      clips_dir: Path, frame_columns: tuple[str, str, str],
                      lowercase_emotion: bool, extra: dict) -> Sample:

@@ -13,9 +13,7 @@ from pathlib import Path
 from mer_utils.data._common import (
     SheetRow,
     cell_text,
-    check_unique,
-    raise_collected,
-    read_annotation_sheet,
+    read_sheet_samples,
     sheet_row_sample,
 )
 from mer_utils.data.sample import Sample
@@ -72,21 +70,8 @@ def read_casme2(path: str | Path, variant: str = "auto") -> list[Sample]:
         raise DatasetError(f"CASME II folder {casme2_dir} does not exist")
     annotation = find_annotation(casme2_dir)
     base, variant_used = frames_folder(casme2_dir, variant)
-    samples: list[Sample] = []
-    sources: list[str] = []
-    problems: list[str] = []
-    for row in read_annotation_sheet(annotation, REQUIRED_COLUMNS):
-        where = f"{annotation.name} row {row.number}"
-        try:
-            samples.append(_row_sample(row, where, base, variant_used))
-            sources.append(where)
-        except DatasetError as error:
-            problems.append(str(error))
-    raise_collected(problems, annotation)
-    if not samples:
-        raise DatasetError(f"{annotation}: the sheet has no data rows below its header: no CASME II sample")
-    check_unique(samples, sources, annotation)
-    return sorted(samples, key=lambda s: (s.subject, s.clip))
+    return read_sheet_samples(annotation, REQUIRED_COLUMNS,
+                              lambda row, where: _row_sample(row, where, base, variant_used), "CASME II")
 
 
 def _row_sample(row: SheetRow, where: str, base: Path, variant: str) -> Sample:

@@ -13,9 +13,7 @@ from pathlib import Path
 from mer_utils.data._common import (
     SheetRow,
     cell_text,
-    check_unique,
-    raise_collected,
-    read_annotation_sheet,
+    read_sheet_samples,
     sheet_row_sample,
 )
 from mer_utils.data.sample import Sample
@@ -48,21 +46,8 @@ def read_samm(path: str | Path) -> list[Sample]:
     annotation = samm_dir / ANNOTATION_NAME
     if not annotation.is_file():
         raise DatasetError(f"{samm_dir}: annotation file {ANNOTATION_NAME} is missing")
-    samples: list[Sample] = []
-    sources: list[str] = []
-    problems: list[str] = []
-    for row in read_annotation_sheet(annotation, REQUIRED_COLUMNS):
-        where = f"{annotation.name} row {row.number}"
-        try:
-            samples.append(_row_sample(row, where, samm_dir))
-            sources.append(where)
-        except DatasetError as error:
-            problems.append(str(error))
-    raise_collected(problems, annotation)
-    if not samples:
-        raise DatasetError(f"{annotation}: the sheet has no data rows below its header: no SAMM sample")
-    check_unique(samples, sources, annotation)
-    return sorted(samples, key=lambda s: (s.subject, s.clip))
+    return read_sheet_samples(annotation, REQUIRED_COLUMNS, lambda row, where: _row_sample(row, where, samm_dir),
+                              "SAMM")
 
 
 def _row_sample(row: SheetRow, where: str, samm_dir: Path) -> Sample:
