@@ -498,13 +498,22 @@ def _augmentation(training: dict) -> str:
     return "paper" if training.get("augment", True) else "none"
 
 
-def _ensemble_text(members: int, seed: int) -> str:
-    return "" if members == 1 else f", {members} networks (seeds {seed}..{seed + members - 1}), softmax averaged"
+def model_summary(model: LoadedModel) -> str:
+    """The model in one line for a report's summary, from its card: samples, epochs, input
+    size, networks, weights."""
+    from mer_utils.train import ensemble_text
+
+    card = model.card
+    epochs = card["training"]["epochs"]
+    networks = ensemble_text(card["model"].get("ensemble", 1), card["training"]["seed"])
+    return (f"{card['training_data']['n_samples']} samples, {epochs} epoch{'' if epochs == 1 else 's'} at "
+            f"{card['model']['image_size']} px{networks}, "
+            f"backbone {'pretrained' if card['model']['pretrained'] else 'from scratch'}")
 
 
 def card_table(model: LoadedModel) -> pd.DataFrame:
     """The model card as a two-column table (field, value) for a report."""
-    from mer_utils.train import AUGMENTATION_TEXT
+    from mer_utils.train import AUGMENTATION_TEXT, ensemble_text
 
     card = model.card
     rows = {
@@ -514,7 +523,7 @@ def card_table(model: LoadedModel) -> pd.DataFrame:
         "preprocessing": ", ".join(f"{k} {v}" for k, v in card["preprocessing"].items()),
         "backbone": f"{card['model']['backbone']} ({'ImageNet ' + str(card['model']['pretrained_weights']) if card['model']['pretrained'] else 'from scratch'})",
         "CropNet input": f"{card['model']['image_size']} px, CGPO {'on' if card['model']['cgpo'] else 'off'}"
-                         + _ensemble_text(card["model"].get("ensemble", 1), card["training"]["seed"]),
+                         + ensemble_text(card["model"].get("ensemble", 1), card["training"]["seed"]),
         "training": f"{card['training']['epochs']} epochs, batch {card['training']['batch_size']}, lr {card['training']['lr']}, "
                     f"{AUGMENTATION_TEXT[_augmentation(card['training'])]}, seed {card['training']['seed']}, "
                     f"final loss {card['training']['epoch_losses'][-1]:.4f}",

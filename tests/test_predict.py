@@ -196,7 +196,7 @@ def test_apex_errors_count_only_annotated_clips():
 
 
 def test_an_ensemble_model_folder_round_trips(setup, tmp_path):
-    from mer_utils.inference import card_table
+    from mer_utils.inference import card_table, model_summary
     from mer_utils.models.ensemble import SeedEnsemble
 
     base, _, unseen = setup
@@ -206,6 +206,9 @@ def test_an_ensemble_model_folder_round_trips(setup, tmp_path):
     assert isinstance(model.model, SeedEnsemble) and len(model.model.members) == 2
     assert model.card["model"]["ensemble"] == 2 and len(model.card["training"]["member_epoch_losses"]) == 2
     assert "2 networks (seeds 5..6), softmax averaged" in card_table(model).loc["CropNet input", "value"]
+    n = model.card["training_data"]["n_samples"]  # the reports index's line for notebook 08 names both networks
+    assert model_summary(model) == (f"{n} samples, 1 epoch at 32 px, 2 networks (seeds 5..6), softmax averaged, "
+                                    "backbone from scratch")
     prediction = predict_clip(model, unseen[0].frames[0].parent)
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0)
     # a card that names another number of networks than its weights hold: one clear error
