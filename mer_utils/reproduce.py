@@ -72,6 +72,7 @@ def _json_number(value) -> int | float | None:
 
 
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_\w+$")
+RUNNER_PLACED = ("data_root", "run_dir", "output_dir")  # parameters run_notebooks sets for each notebook
 
 
 PROFILES: dict[str, dict[str, object]] = {
@@ -195,6 +196,10 @@ def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.
     if unknown:
         raise ConfigError(f"override(s) {', '.join(sorted(unknown))} are parameters of none of "
                           f"{', '.join(p.stem for p in paths)}")
+    placed = sorted(set(overrides) & set(RUNNER_PLACED))
+    if placed:  # the runner sets these for each notebook; an override would be dropped silently
+        raise ConfigError(f"override(s) {', '.join(placed)} are set by the runner: give the data with "
+                          "data_root (--data-root) and the output folders with out_dir (--runs-dir)")
     outcome: dict[str, dict] = {}
     for path in paths:
         run_dir = out_dir / path.stem

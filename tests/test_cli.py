@@ -159,4 +159,7 @@ def test_reproduce_refuses_a_mistyped_or_unknown_parameter_before_any_work(tmp_p
     assert main(args + ["-p", "ensembles", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: override(s) ensembles are parameters of none of 01_preprocessing")
-    assert err.count("\n") == 1 and not runs.exists()
+    assert err.count("\n") == 1
+    assert main(args + ["-p", "data_root", str(tmp_path / "elsewhere")]) == 2  # would be replaced silently
+    assert capsys.readouterr().err.startswith("error: override(s) data_root are set by the runner")
+    assert not runs.exists()
