@@ -8,6 +8,7 @@ renders ``reports/<name>.html`` and ``reports/index.html`` (``render_reports``).
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import html
 import json
 import math
@@ -123,10 +124,19 @@ def list_notebooks(names: Iterable[str] | str | None = None, folder: str | os.Pa
 
 
 def declared_parameters(path: str | os.PathLike) -> dict[str, dict]:
-    """The notebook's parameters as papermill sees them: name -> {inferred_type_name, default, help}."""
+    """The notebook's parameters as papermill sees them: name -> {inferred_type_name, default, help}.
+    Inspected once per version of the file (``mer reproduce`` asks twice: to type its ``-p``
+    values, then to run), a fresh copy returned each time."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return {name: dict(spec) for name, spec in _inspect_notebook(str(path), stat.st_mtime_ns, stat.st_size).items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _inspect_notebook(path: str, mtime_ns: int, size: int) -> dict[str, dict]:
     import papermill
 
-    return dict(papermill.inspect_notebook(str(path)))
+    return dict(papermill.inspect_notebook(path))
 
 
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
