@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -297,6 +297,70 @@ def check_coverage(df: pd.DataFrame, expected_keys: Iterable | None = None) -> N
         raise EvaluationError("; ".join(problems))
 
 
+# ------------------------------------------------------------------ bootstrap interval
+
+INTERVAL_LEVEL = 0.95  # coverage of the intervals ``compute_metrics`` reports
+INTERVAL_RESAMPLES = 2000  # bootstrap resamples of the scored clips
+INTERVAL_SEED = 0  # fixed, so a table's interval is the same every time it is computed
+
+
+def resample_indices(n: int, resamples: int = INTERVAL_RESAMPLES, seed: int = INTERVAL_SEED) -> np.ndarray:
+    """(resamples, n) row indices drawn with replacement: the bootstrap's resampled test sets."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def resampled_scores(true_index: np.ndarray, pred_index: np.ndarray, num_classes: int,
+                     rows: np.ndarray) -> dict[str, np.ndarray]:
+    """UF1 and UAR of every resampled test set (``rows``: one row of sample indices per
+    resample), exactly as :func:`compute_metrics` scores one set: each resample's confusion
+    matrix, its absent classes left out of both averages."""
+    resamples = rows.shape[0]
+    cells = true_index[rows] * num_classes + pred_index[rows] + (np.arange(resamples) * num_classes ** 2)[:, None]
+    matrices = np.bincount(cells.ravel(), minlength=resamples * num_classes ** 2)
+    matrices = matrices.reshape(resamples, num_classes, num_classes).astype(float)
+    tp = np.diagonal(matrices, axis1=1, axis2=2)
+    support = matrices.sum(axis=2)
+    predicted = matrices.sum(axis=1)
+    present = support > 0
+    f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=present)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=present)
+    counts = present.sum(axis=1)
+    return {"uf1": (f1 * present).sum(axis=1) / counts, "uar": (recall * present).sum(axis=1) / counts}
+
+
+def bootstrap_interval(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str],
+                       level: float = INTERVAL_LEVEL, resamples: int = INTERVAL_RESAMPLES,
+                       seed: int = INTERVAL_SEED) -> dict:
+    """Percentile bootstrap intervals of UF1 and UAR over the scored clips (Efron and
+    Tibshirani 1993, ch. 13): the clips are drawn with replacement ``resamples`` times, each
+    draw scored as :func:`compute_metrics` scores the whole set, and the interval is the
+    central ``level`` of those scores.
+
+    It measures how far the score could move with another draw of test clips from the same
+    source, for these trained models; it does not include the spread between training runs
+    (seeds, rounding), which on a small set is as large (docs/tuning.md)."""
+    if not 0 < level < 1:
+        raise EvaluationError(f"interval level must be between 0 and 1, got {level}")
+    matrix = confusion(y_true, y_pred, classes)  # validates the labels
+    if matrix.sum() == 0:
+        raise EvaluationError("no samples: no interval")
+    index = {c: i for i, c in enumerate(classes)}
+    true_index = np.array([index[str(v)] for v in y_true])
+    pred_index = np.array([index[str(v)] for v in y_pred])
+    scores = resampled_scores(true_index, pred_index, len(index), resample_indices(len(true_index), resamples, seed))
+    tail = 100 * (1 - level) / 2
+    return {"level": level, "resamples": resamples, "seed": seed,
+            **{name: [float(v) for v in np.percentile(values, [tail, 100 - tail])] for name, values in scores.items()}}
+
+
+def interval_text(interval: Mapping | None, metric: str = "uf1", decimals: int = 3) -> str:
+    """"[0.551, 0.842]" from a metrics dict's ``interval``; "-" without one."""
+    if not interval or metric not in interval:
+        return "-"
+    low, high = interval[metric]
+    return f"[{low:.{decimals}f}, {high:.{decimals}f}]"
+
+
 # ------------------------------------------------------------------------ summaries
 
 
@@ -322,8 +386,9 @@ def compute_metrics(df: pd.DataFrame, classes: Sequence[str] | None = None) -> d
     columns predicted), ``per_class`` (``{class: {n, f1, recall}}``), ``notes`` (absent
     classes, one line each) and, only when the table holds more than one dataset,
     ``per_dataset`` (``{dataset: {n, accuracy, uf1, uar, confusion}}``), each dataset
-    scored on its own rows with its own absent classes left out. Duplicated samples are
-    an error (they would count twice).
+    scored on its own rows with its own absent classes left out, and ``interval`` (95 %
+    bootstrap intervals of UF1 and UAR over the clips, :func:`bootstrap_interval`).
+    Duplicated samples are an error (they would count twice).
     """
     _validate_frame(df, "predictions table")
     if len(df) == 0:
@@ -331,7 +396,8 @@ def compute_metrics(df: pd.DataFrame, classes: Sequence[str] | None = None) -> d
     check_coverage(df)
     classes = list(classes) if classes is not None else classes_from_frame(df)
     matrix = confusion(df["true_label"], df["pred_label"], classes)
-    metrics = {**_scores(matrix), "classes": classes}
+    metrics = {**_scores(matrix), "classes": classes,
+               "interval": bootstrap_interval(df["true_label"].tolist(), df["pred_label"].tolist(), classes)}
     metrics["per_class"] = {
         c: {"n": int(n), "f1": float(f), "recall": float(r)}
         for c, n, f, r in zip(classes, matrix.sum(axis=1), _f1_per_class(matrix),
@@ -380,6 +446,10 @@ def format_metrics(metrics: dict) -> str:
     lines.append(row("all", metrics))
     for name, m in metrics.get("per_dataset", {}).items():
         lines.append(row(name, m))
+    interval = metrics.get("interval")
+    if interval:
+        lines.append(f"{interval['level']:.0%} interval over the clips (bootstrap, {interval['resamples']} resamples): "
+                     f"UF1 {interval_text(interval, 'uf1', 4)}, UAR {interval_text(interval, 'uar', 4)}")
     lines.append("classes: " + ", ".join(metrics["classes"]))
     lines += [f"note: {note}" for note in metrics.get("notes", [])]
     return "\n".join(lines)

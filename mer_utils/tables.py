@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 
 from mer_utils.errors import ConfigError
+from mer_utils.evaluate import interval_text
 
 DECIMALS = 4
 DATASET_NAMES = {"smic": "SMIC", "casme2": "CASME II", "samm": "SAMM"}  # Table 3's column order
+INTERVAL_COLUMN = "UF1 95% interval"  # bootstrap over the scored clips (evaluate.bootstrap_interval)
 METHOD_NAMES = {"ars": "ARS", "rrs": "RRS", "farneback": "Farneback", "tvl1": "TV-L1", "lbptop": "LBP-TOP"}
 
 
@@ -44,18 +46,22 @@ def results_table(experiments: Mapping[str, object], chance: bool = True) -> pd.
     completed folds out of all ("6/6"; fewer when a run was restricted to some folds).
     With ``chance``, two more rows give the scores of a uniform random guess and of always
     guessing the majority class on the same test samples (first experiment's class balance).
+    ``UF1 95% interval`` is the bootstrap interval over the scored clips
+    (``mer_utils.evaluate.bootstrap_interval``; "-" for the chance rows and for metrics
+    computed before the kit reported one).
     """
     rows = {}
     for name, entry in experiments.items():
         m = _metrics_of(entry)
-        rows[name] = {"Accuracy": m["accuracy"], "UF1": m["uf1"], "UAR": m["uar"], "n": m.get("n"),
-                      "folds": _folds_done(m)}
+        rows[name] = {"Accuracy": m["accuracy"], "UF1": m["uf1"], INTERVAL_COLUMN: interval_text(m.get("interval")),
+                      "UAR": m["uar"], "n": m.get("n"), "folds": _folds_done(m)}
     if chance and experiments:
         first = _metrics_of(next(iter(experiments.values())))
         for label, scores in chance_rows(first).items():
-            rows[label] = {"Accuracy": scores["accuracy"], "UF1": scores["uf1"], "UAR": scores["uar"],
-                           "n": first.get("n"), "folds": "chance"}
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=["Accuracy", "UF1", "UAR", "n", "folds"])
+            rows[label] = {"Accuracy": scores["accuracy"], "UF1": scores["uf1"], INTERVAL_COLUMN: "-",
+                           "UAR": scores["uar"], "n": first.get("n"), "folds": "chance"}
+    columns = ["Accuracy", "UF1", INTERVAL_COLUMN, "UAR", "n", "folds"]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
     table.index.name = "method"
     return table.round(DECIMALS)
 
@@ -94,7 +100,9 @@ def megc_table(experiments: Mapping[str, object], chance: bool = True) -> pd.Dat
     """Table 3 layout: UF1 and UAR on the full composite and per dataset (SMIC, CASME II,
     SAMM), one row per experiment, and the completed folds. A dataset absent from the run is
     NaN. With ``chance``, two rows give a uniform random guess and always guessing the
-    majority class (of the whole composite) on the same test samples, per column."""
+    majority class (of the whole composite) on the same test samples, per column.
+    ``UF1 95% interval full`` is the bootstrap interval of the full composite's UF1 over its
+    clips (``mer_utils.evaluate.bootstrap_interval``)."""
     rows = {}
     for name, entry in experiments.items():
         m = _metrics_of(entry)
@@ -105,6 +113,8 @@ def megc_table(experiments: Mapping[str, object], chance: bool = True) -> pd.Dat
             rows[label] = _megc_row(scores)
             folds.append("chance")
     table = pd.DataFrame.from_dict(rows, orient="index", columns=_megc_columns()).astype(float).round(DECIMALS)
+    intervals = [interval_text(_metrics_of(entry).get("interval")) for entry in experiments.values()]
+    table.insert(1, f"{INTERVAL_COLUMN} full", intervals + ["-"] * (len(table) - len(intervals)))
     table["folds"] = folds
     table.index.name = "method"
     return table

@@ -15,6 +15,7 @@ from sklearn.metrics import (
 from mer_utils.evaluate import (
     EvaluationError,
     accuracy,
+    bootstrap_interval,
     check_coverage,
     classes_from_frame,
     compute_metrics,
@@ -22,6 +23,8 @@ from mer_utils.evaluate import (
     format_metrics,
     metrics_from_file,
     read_predictions,
+    resample_indices,
+    resampled_scores,
     uar,
     uf1,
     write_metrics,
@@ -272,3 +275,58 @@ def test_empty_or_binary_predictions_file_is_one_line_naming_it(tmp_path, conten
     with pytest.raises(EvaluationError, match=message) as caught:
         read_predictions(path)
     assert "\n" not in str(caught.value)
+
+
+# ------------------------------------------------------------------ bootstrap interval
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_each_resample_is_scored_as_compute_metrics_scores_a_set(seed):
+    """The vectorised scores of the resamples equal uf1/uar of each resampled set, one by
+    one, including resamples that miss a class of the ground truth (left out of both)."""
+    rng = np.random.default_rng(seed)
+    y_true = rng.choice(FIVE, size=12, p=[0.5, 0.3, 0.1, 0.05, 0.05]).tolist()  # rare classes: often missed
+    y_pred = rng.choice(FIVE, size=12).tolist()
+    rows = resample_indices(len(y_true), resamples=200, seed=seed)
+    index = {c: i for i, c in enumerate(FIVE)}
+    scores = resampled_scores(np.array([index[v] for v in y_true]), np.array([index[v] for v in y_pred]), 5, rows)
+    one_by_one = [([y_true[i] for i in r], [y_pred[i] for i in r]) for r in rows]
+    assert any(len(set(t)) < len(set(y_true)) for t, _ in one_by_one)  # the case is exercised
+    np.testing.assert_allclose(scores["uf1"], [uf1(t, p, FIVE) for t, p in one_by_one], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(scores["uar"], [uar(t, p, FIVE) for t, p in one_by_one], rtol=0, atol=1e-12)
+
+
+def test_bootstrap_interval_is_the_central_share_of_the_resampled_scores():
+    rng = np.random.default_rng(0)
+    y_true = rng.choice(MEGC, size=60).tolist()
+    y_pred = [t if rng.random() < 0.7 else rng.choice(MEGC) for t in y_true]
+    interval = bootstrap_interval(y_true, y_pred, MEGC, level=0.9, resamples=500, seed=3)
+    index = {c: i for i, c in enumerate(MEGC)}
+    scores = resampled_scores(np.array([index[v] for v in y_true]), np.array([index[v] for v in y_pred]), 3,
+                              resample_indices(60, 500, 3))
+    assert interval["uf1"] == pytest.approx(list(np.percentile(scores["uf1"], [5, 95])))
+    assert interval["uar"][0] < uar(y_true, y_pred, MEGC) < interval["uar"][1]
+    assert (interval["level"], interval["resamples"], interval["seed"]) == (0.9, 500, 3)
+    assert bootstrap_interval(y_true, y_pred, MEGC, level=0.9, resamples=500, seed=3) == interval  # seeded
+    perfect = bootstrap_interval(y_true, y_true, MEGC)
+    assert perfect["uf1"] == [1.0, 1.0] and perfect["uar"] == [1.0, 1.0]
+    with pytest.raises(EvaluationError, match="between 0 and 1"):
+        bootstrap_interval(y_true, y_pred, MEGC, level=95)
+
+
+def test_the_interval_narrows_with_more_clips_and_is_reported_with_the_metrics():
+    rng = np.random.default_rng(1)
+
+    def width(n):
+        y_true = rng.choice(MEGC, size=n).tolist()
+        y_pred = [t if rng.random() < 0.6 else rng.choice(MEGC) for t in y_true]
+        low, high = bootstrap_interval(y_true, y_pred, MEGC)["uf1"]
+        return high - low
+
+    assert width(400) < width(40) / 2  # about 1 / sqrt(n)
+    rows = [("smic", "s1", f"c{i}", t, p) for i, (t, p) in
+            enumerate(zip(["negative", "positive", "surprise"] * 5, ["negative", "positive", "negative"] * 5))]
+    metrics = compute_metrics(table(rows))
+    assert metrics["interval"]["uf1"][0] <= metrics["uf1"] <= metrics["interval"]["uf1"][1]
+    assert json.loads(json.dumps(metrics))["interval"]["level"] == 0.95  # JSON-ready
+    assert "95% interval over the clips (bootstrap, 2000 resamples): UF1 [" in format_metrics(metrics)

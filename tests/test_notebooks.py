@@ -194,6 +194,9 @@ def test_04_table2_computes_three_rows_and_figure_4b(runs):
     assert list(table2.index)[3].startswith("chance: uniform") and list(table2.index)[4].startswith("chance: always")
     assert_scores(table2, ["Accuracy", "UF1", "UAR"])
     assert set(table2.loc[rows, "folds"]) == {"1/2"}
+    for row in rows:  # each computed row carries its bootstrap interval, which holds its UF1
+        low, high = (float(v) for v in table2.loc[row, "UF1 95% interval"].strip("[]").split(","))
+        assert low <= round(table2.loc[row, "UF1"], 3) <= high
     store = runs[0] / "runs" / "experiments"
     with_cgpo = [p.name for p in store.glob("casme2-5class_*_k5_*") if "_nocgpo_" not in p.name]
     assert sorted(name.split("_")[1] for name in with_cgpo) == ["ars", "rrs"]
@@ -213,6 +216,7 @@ def test_05_table3_keeps_literature_apart(runs):
     table3 = table(folder, "table3")
     assert list(table3.index)[:2] == ["ARS + CropNet", "LBP-TOP"] and len(table3) == 4  # and two chance rows
     assert_scores(table3, ["UF1 full", "UAR full"])
+    assert table3.loc["ARS + CropNet", "UF1 95% interval full"].startswith("[")
     assert "source" not in table3.columns
     literature = table(folder, "table3_literature")
     assert set(literature["source"]) == {"reported by authors"}

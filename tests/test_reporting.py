@@ -109,7 +109,11 @@ def test_results_table_from_metrics_and_experiment_results(composite_metrics, tm
                               {**composite_metrics, "folds": {"completed": 4, "total": 4}})
     table = tables.results_table({"ARS + CropNet": result, "from a dict": composite_metrics}, chance=False)
     assert list(table.index) == ["ARS + CropNet", "from a dict"]
-    assert list(table.columns) == ["Accuracy", "UF1", "UAR", "n", "folds"]
+    assert list(table.columns) == ["Accuracy", "UF1", "UF1 95% interval", "UAR", "n", "folds"]
+    low, high = composite_metrics["interval"]["uf1"]
+    assert table.loc["from a dict", "UF1 95% interval"] == f"[{low:.3f}, {high:.3f}]"
+    without = {k: v for k, v in composite_metrics.items() if k != "interval"}  # metrics of an older kit
+    assert tables.results_table({"old": without}, chance=False).loc["old", "UF1 95% interval"] == "-"
     assert table.loc["ARS + CropNet", "Accuracy"] == round(4 / 6, 4)
     assert table.loc["ARS + CropNet", "UAR"] == round(composite_metrics["uar"], 4)
     assert table.loc["ARS + CropNet", "folds"] == "4/4" and table.loc["from a dict", "folds"] == "-"
@@ -130,6 +134,9 @@ def test_tables_state_the_chance_level_of_their_test_samples(composite_metrics):
     megc = tables.megc_table({"ARS + CropNet": composite_metrics})
     smic = np.asarray(composite_metrics["per_dataset"]["smic"]["confusion"]).sum(axis=1)
     assert megc.loc[f"chance: always {majority!r}", "UAR SMIC"] == round(1 / (smic > 0).sum(), 4)
+    assert table.loc["chance: uniform random guess", "UF1 95% interval"] == "-"
+    assert megc.loc["ARS + CropNet", "UF1 95% interval full"].startswith("[")
+    assert megc.loc["chance: uniform random guess", "UF1 95% interval full"] == "-"
 
 
 def test_results_table_rejects_what_is_not_a_result():
@@ -153,7 +160,9 @@ def test_literature_table_is_labelled_and_holds_design_numbers():
     assert table.loc["HTNet", "UF1 full"] == 0.8603 and table.loc["HTNet", "UAR SAMM"] == 0.8124
     assert table.loc["LBP-TOP (challenge baseline)", "UF1 SMIC"] == 0.2
     computed = tables.megc_table({"x": {"accuracy": 1.0, "uf1": 1.0, "uar": 1.0}}, chance=False)
-    assert [c for c in table.columns if c != "source"] == [c for c in computed.columns if c != "folds"]
+    # the same metric columns; the authors report no interval, so only computed tables carry one
+    assert [c for c in table.columns if c != "source"] == [c for c in computed.columns
+                                                           if c not in ("folds", f"{tables.INTERVAL_COLUMN} full")]
 
 
 def test_save_table_writes_csv_markdown_and_html(tmp_path, composite_metrics):
