@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -189,6 +190,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_predictions_target(out: Path) -> None:
+    """--out may be a new file or a predictions table the kit wrote (its header), never a
+    folder or a file of the user's, checked before any clip is predicted."""
+    from mer_utils.evaluate import REQUIRED_COLUMNS
+
+    if out.is_dir():
+        raise MerError(f"--out {out} is a folder: give the predictions CSV file to write")
+    if not out.parent.is_dir():
+        raise MerError(f"--out {out}: its folder {out.parent} does not exist or is not a folder")
+    if out.exists():
+        with open(out, encoding="utf-8", errors="replace") as handle:
+            header = handle.readline().strip()
+        if not header.startswith(",".join(REQUIRED_COLUMNS)):
+            raise MerError(f"--out {out} exists and is not a predictions table written by the kit: "
+                           "move it or choose another file")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from mer_utils.inference import format_prediction, load_model, predict_clip, predict_protocol
 
@@ -199,6 +217,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise MerError("mer predict --root needs --protocol and --out (the predictions CSV to write)")
         if any(v is not None for v in (args.onset, args.apex, args.offset)):
             raise MerError("--onset/--apex/--offset apply to --clip only; a data root carries its annotations")
+        _check_predictions_target(Path(args.out))
     model = load_model(args.model)
     if args.clip is not None:
         prediction = predict_clip(model, args.clip, onset=args.onset, apex=args.apex, offset=args.offset)
@@ -359,8 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     except MerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except OSError as exc:  # a path that is a file, a folder, missing or not writable
+        if isinstance(exc, BrokenPipeError):  # `mer data --json | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 0
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -133,7 +134,7 @@ class ExperimentConfig:
                 value = getattr(self, name)
                 values[name] = getattr(train, name) if value is None else value
             values["n_key"] = N_KEY if self.n_key is None else self.n_key
-            values["preprocess_size"] = self.preprocess_size or PREPROCESS_SIZE
+            values["preprocess_size"] = PREPROCESS_SIZE if self.preprocess_size is None else self.preprocess_size
             values["pretrained_weights"] = resolve_weights(self.pretrained_weights)
         config = dataclasses.replace(self, **values)
         for name in ("epochs", "image_size", "batch_size", "ensemble", "n_key", "preprocess_size", "lbptop_frames",
@@ -141,6 +142,8 @@ class ExperimentConfig:
             value = getattr(config, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if config.cgpo and config.image_size is not None and config.image_size % 2:
+            raise ConfigError(f"image_size must be even with CGPO (one pyramid step halves it), got {config.image_size}")
         if config.augmentation is not None and config.augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {config.augmentation!r}")
         for name in ("cgpo", "recalibrate_bn"):
@@ -149,8 +152,12 @@ class ExperimentConfig:
                 raise ConfigError(f"{name} must be True or False, got {value!r}")
         for name in ("lr", "fc_lr"):
             value = getattr(config, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 < value < math.inf):
+                raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+        if config.seed is not None and (isinstance(config.seed, bool) or not isinstance(config.seed, int)
+                                        or not 0 <= config.seed < 2 ** 32):
+            raise ConfigError(f"seed must be an integer from 0 to 2**32 - 1, got {config.seed!r}")
         return config
 
     def replace(self, **changes) -> "ExperimentConfig":

@@ -105,8 +105,16 @@ def train_protocol(config: ExperimentConfig, out_dir: str | Path, *, apex: str =
     if config.method == "lbptop":
         raise ConfigError("mer train exports CropNet models: method lbptop (the SVM baseline) cannot be exported; "
                           "use ars, rrs, farneback or tvl1")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"model folder {out_dir} is a file, not a folder: choose another --out")
     if (out_dir / CARD_FILE).exists() and not overwrite:
         raise ConfigError(f"{out_dir} already holds a model ({CARD_FILE}); choose another folder or overwrite it")
+    if (out_dir / WEIGHTS_FILE).exists() and not (out_dir / CARD_FILE).exists():
+        raise ConfigError(f"{out_dir / WEIGHTS_FILE} exists without a model card ({CARD_FILE}), so it was not "
+                          "written by mer train: move it or choose another folder")
+    if max_threads is not None and (isinstance(max_threads, bool) or not isinstance(max_threads, int)
+                                    or max_threads < 1):
+        raise ConfigError(f"threads must be a positive integer, got {max_threads!r}")
     config = config.resolved()
     samples = load_samples(config.root, config.protocol, megc_list=config.megc_list, apex=apex,
                            face_crop=config.face_crop)

@@ -60,9 +60,14 @@ def int_list(values: str | Sequence[int], name: str = "values") -> list[int]:
     return [int(v) for v in values]
 
 
-def str_list(values: str | Sequence[str], name: str = "values") -> list[str]:
-    """A parameter such as ``methods = "ars,rrs"`` as ``["ars", "rrs"]``."""
+def str_list(values: str | Sequence[str], name: str = "values", allowed: Sequence[str] | None = None) -> list[str]:
+    """A parameter such as ``methods = "ars,rrs"`` as ``["ars", "rrs"]``; with ``allowed``,
+    a part that is not one of them is a ConfigError naming it and the parameter."""
     parts = [p for p in re.split(r"[,\s]+", values.strip()) if p] if isinstance(values, str) else list(values)
     if not parts:
         raise ConfigError(f"{name} {values!r}: expected a comma-separated list such as 'ars,rrs'")
+    unknown = [p for p in parts if allowed is not None and p not in allowed]
+    if unknown:
+        raise ConfigError(f"{name} {values!r}: unknown {', '.join(map(repr, unknown))}; expected some of "
+                          f"{', '.join(allowed)}")
     return parts

@@ -210,6 +210,7 @@ def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.
     if placed:  # the runner sets these for each notebook; an override would be dropped silently
         raise ConfigError(f"override(s) {', '.join(placed)} are set by the runner: give the data with "
                           "data_root (--data-root) and the output folders with out_dir (--runs-dir)")
+    output_folder(out_dir, "runs folder")
     outcome: dict[str, dict] = {}
     for path in paths:
         run_dir = out_dir / path.stem
@@ -235,11 +236,58 @@ def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.
                                        cwd=str(path.parent), progress_bar=False,
                                        kernel_manager_class=kernel_manager_class())
         except Exception as exc:  # recorded; the executed notebook shows the failing cell
-            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            error = _error_text(exc)
         seconds = time.perf_counter() - clock
         print(f"[{path.stem}] {'FAILED: ' + error if error else 'done'} in {seconds:.0f} s -> {output}", flush=True)
         outcome[path.stem] = {"output": output, "seconds": seconds, "error": error}
     return outcome
+
+
+def _error_text(exc: BaseException) -> str:
+    """A failed notebook's error as the console shows it: the failing cell's exception type
+    and its whole message (several lines when the kit lists several problems), without the
+    traceback; other exceptions by type and last line."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)  # PapermillExecutionError
+    if ename:
+        return f"{ename}: {str(evalue).strip()}"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
+def output_folder(path: str | os.PathLike, what: str, create: bool = True) -> Path:
+    """``path`` as a folder the kit may write into, created if missing (``create``; without
+    it, only checked); ConfigError in one line when it is a file or cannot be created
+    (``what`` names the option)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder: give a folder")
+    if not create:
+        parent = next(p for p in path.absolute().parents if p.exists())
+        if not path.exists() and not parent.is_dir():
+            raise ConfigError(f"{what} {path} cannot be created: {parent} is a file")
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{what} {path} cannot be created: {err.strerror or err}") from None
+    return path
+
+
+REPORT_MARK = '<meta name="generator" content="mer-residual render_reports">'
+
+
+def _written_by_kit(report: Path) -> bool:
+    """Whether an existing report file was written by ``render_reports`` (its mark, or, for
+    reports of earlier versions, the index's heading or nbconvert's page of that notebook)."""
+    try:
+        head = report.read_text(encoding="utf-8", errors="replace")[:20000]
+    except OSError:
+        return False
+    if REPORT_MARK in head:
+        return True
+    if report.name == "index.html":
+        return "<h1>mer-residual: reproduction reports</h1>" in head
+    return f"<title>{html.escape(report.stem)}</title>" in head and "jp-Notebook" in head
 
 
 def _notebook_status(nb) -> str:
@@ -297,7 +345,7 @@ def _index_row(path: Path, nb, report_name: str) -> str:
 
 
 _INDEX_TEMPLATE = """<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>mer-residual reports</title>
+<html><head><meta charset="utf-8">{mark}<title>mer-residual reports</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}} tr.failed{{background:#fdd}}</style>
 </head><body>
@@ -320,22 +368,28 @@ def render_reports(runs_dir: str | os.PathLike = RUNS_DIR, reports_dir: str | os
     from nbconvert import HTMLExporter
 
     runs_dir, reports_dir = Path(runs_dir), Path(reports_dir)
-    executed = sorted(p for p in runs_dir.glob("*/*.ipynb") if p.stem == p.parent.name)
+    executed = sorted(p for p in runs_dir.glob("*/*.ipynb") if p.stem == p.parent.name and _papermill_output(p))
     if not executed:
-        raise ConfigError(f"no executed notebooks under {runs_dir} (expected <name>/<name>.ipynb): "
-                          "run run_notebooks or reproduce first")
-    reports_dir.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f"no executed notebooks under {runs_dir} (expected <name>/<name>.ipynb written by "
+                          "papermill): run run_notebooks or reproduce first")
+    index = reports_dir / "index.html"
+    reports = [index] + [reports_dir / f"{path.stem}.html" for path in executed]
+    foreign = [str(r) for r in reports if r.exists() and (not r.is_file() or not _written_by_kit(r))]
+    if foreign:  # checked before anything is written: a user's own file is never replaced
+        raise ConfigError(f"{', '.join(foreign)} exist{'s' if len(foreign) == 1 else ''} and "
+                          f"{'was' if len(foreign) == 1 else 'were'} not written by the kit's reports: "
+                          "move them or choose another reports folder (--reports-dir)")
+    output_folder(reports_dir, "reports folder")
     exporter = HTMLExporter()
     rows = []
     for path in executed:
         nb = nbformat.read(path, as_version=4)
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
         report = reports_dir / f"{path.stem}.html"
-        report.write_text(body, encoding="utf-8")
+        report.write_text(body.replace("<head>", "<head>" + REPORT_MARK, 1), encoding="utf-8")
         rows.append(_index_row(path, nb, report.name))
-    index = reports_dir / "index.html"
     now = _dt.datetime.now().astimezone().isoformat(timespec="minutes").replace("T", " ")
-    index.write_text(_INDEX_TEMPLATE.format(runs=html.escape(str(runs_dir.resolve())), now=now,
+    index.write_text(_INDEX_TEMPLATE.format(mark=REPORT_MARK, runs=html.escape(str(runs_dir.resolve())), now=now,
                                             rows="\n".join(rows)), encoding="utf-8")
     return index
 
@@ -348,9 +402,13 @@ def reproduce(data_root: str | os.PathLike = SYNTHETIC_DIR, profile: str = "synt
     return ``reports_dir/index.html``. Relative paths are taken from the current directory.
     Failed notebooks are rendered too (their error shows), then a MerError names them."""
     data_root = Path(data_root).resolve()
+    if data_root.exists() and not data_root.is_dir():
+        raise DatasetError(f"data root {data_root} is a file: point --data-root at a folder holding CASME2/, SAMM/, SMIC/")
     if not data_root.is_dir():
         raise DatasetError(f"data root {data_root} does not exist: point --data-root at a folder holding "
                            "CASME2/, SAMM/, SMIC/, or generate synthetic data with `mer synth --out data/synthetic`")
+    output_folder(runs_dir, "runs folder", create=False)  # checked before any notebook runs
+    output_folder(reports_dir, "reports folder", create=False)
     outcome = run_notebooks(only, data_root=data_root, profile=profile, out_dir=runs_dir, overrides=overrides)
     index = render_reports(runs_dir, reports_dir)
     failed = {name: run for name, run in outcome.items() if run["error"]}

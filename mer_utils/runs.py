@@ -63,6 +63,15 @@ def leave_one_subject_out(samples: Sequence[Sample]) -> list[str]:
     return sorted({s.subject_id for s in samples})
 
 
+def fold_subject(subjects: Sequence[str], fold: int, config: ExperimentConfig) -> str:
+    """The subject fold ``fold`` tests (``subjects`` in LOSO order); ConfigError naming the
+    folds that exist when it is not one of them."""
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < len(subjects):
+        raise ConfigError(f"fold {fold} does not exist: {config.protocol} on {config.root} has "
+                          f"{len(subjects)} subjects (folds 0..{len(subjects) - 1})")
+    return subjects[fold]
+
+
 def fold_dir_name(fold: int, subject_id: str) -> str:
     """``fold_05_sub06``; ``casme2/sub01`` becomes ``casme2_sub01``."""
     return f"fold_{fold:02d}_{subject_id.replace('/', '_')}"
@@ -100,6 +109,12 @@ def _claim_experiment_dir(config: ExperimentConfig, out_dir: Path) -> None:
     elif any(out_dir.glob(f"fold_*/{DONE_FILE}")):
         raise ConfigError(f"{out_dir} holds completed folds but no {CONFIG_FILE}: "
                           "their configuration is unknown; use another folder")
+    elif out_dir.is_dir() and any(not (p.is_dir() and p.name.startswith("fold_")) for p in out_dir.iterdir()):
+        # not an experiment folder: the experiment's files would replace the user's
+        raise ConfigError(f"{out_dir} holds files but no experiment of this kit ({CONFIG_FILE}): "
+                          "use a new or empty folder")
+    elif out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"experiment folder {out_dir} is a file, not a folder: use another folder")
     _write_json_atomic(path, record)
 
 
@@ -141,17 +156,16 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
     from mer_utils.evaluate import check_coverage, write_predictions
     from mer_utils.preprocess import load_image, preprocess_samples
 
+    if torch_threads is not None and (isinstance(torch_threads, bool) or not isinstance(torch_threads, int)
+                                      or torch_threads < 1):
+        raise ConfigError(f"torch_threads must be a positive integer (or 0/None: torch's default), got {torch_threads!r}")
     started = time.perf_counter()
     config = config.resolved()
     fold_dir = Path(fold_dir)
     fold_dir.mkdir(parents=True, exist_ok=True)
     (fold_dir / DONE_FILE).unlink(missing_ok=True)
     samples = load_samples(config.root, config.protocol, megc_list=config.megc_list)
-    subjects = leave_one_subject_out(samples)
-    if not 0 <= fold < len(subjects):
-        raise ConfigError(f"fold {fold} does not exist: {config.protocol} on {config.root} has "
-                          f"{len(subjects)} subjects (folds 0..{len(subjects) - 1})")
-    subject = subjects[fold]
+    subject = fold_subject(leave_one_subject_out(samples), fold, config)
     test = [s for s in samples if s.subject_id == subject]
     classes = PROTOCOLS[config.protocol].classes
     if config.method == "lbptop":

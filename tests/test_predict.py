@@ -217,3 +217,25 @@ def test_an_ensemble_model_folder_round_trips(setup, tmp_path):
     (folder / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(ConfigError, match="does not fit the model its card describes"):
         load_model(folder)
+
+
+def test_outputs_never_replace_the_users_files(setup, tmp_path, capsys):
+    """mer train and mer predict --out refuse a file, a folder or a user's file before any work."""
+    base, model_dir, _ = setup
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my own table\n")
+    predict = ["predict", "--model", str(model_dir), "--root", str(base / "unseen"), "--protocol", "casme2-5class"]
+    line = error_line(capsys, predict + ["--out", str(mine)])
+    assert "exists and is not a predictions table written by the kit" in line
+    assert mine.read_text() == "my own table\n"
+    assert "is a folder" in error_line(capsys, predict + ["--out", str(tmp_path)])
+    assert "does not exist or is not a folder" in error_line(capsys, predict + ["--out", str(mine / "p.csv")])
+    train = ["train", "--root", str(base / "data"), "--protocol", "casme2-5class", "--epochs", "1"]
+    assert "is a file, not a folder" in error_line(capsys, train + ["--out", str(mine)])
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / WEIGHTS_FILE).write_bytes(b"my weights")
+    assert "exists without a model card" in error_line(capsys, train + ["--out", str(stray)])
+    assert (stray / WEIGHTS_FILE).read_bytes() == b"my weights"
+    assert "threads must be a positive integer, got 0" in error_line(
+        capsys, train + ["--out", str(tmp_path / "new"), "--threads", "0"])

@@ -84,6 +84,9 @@ def test_parameter_lists_parse_and_reject_garbage():
         notebook.int_list("1,five")
     with pytest.raises(ConfigError):
         notebook.str_list(" ")
+    assert notebook.str_list("casme2,smic", "datasets", allowed=("casme2", "samm", "smic")) == ["casme2", "smic"]
+    with pytest.raises(ConfigError, match="datasets 'casme2,sam': unknown 'sam'; expected some of casme2, samm, smic"):
+        notebook.str_list("casme2,sam", "datasets", allowed=("casme2", "samm", "smic"))
 
 
 def test_megc_list_parameter():
@@ -235,6 +238,11 @@ def test_tsne_separates_separated_classes_and_is_deterministic():
     assert separation.loc["ARS", "silhouette"] > 0.5
     with pytest.raises(ConfigError, match="at least 4"):
         tsne.tsne_embedding(images[:3])
+    for bad, message in (({"size": 0}, "tsne_size must be a positive integer, got 0"),
+                         ({"pca_components": 0}, "pca_components must be a positive integer"),
+                         ({"perplexity": 0.0}, "perplexity must be a positive number, got 0.0")):
+        with pytest.raises(ConfigError, match=message):
+            tsne.tsne_embedding(images, **bad)
 
 
 def test_figures_are_saved_as_png(tmp_path, composite_metrics):
@@ -369,3 +377,50 @@ def test_profiles_set_only_declared_parameters_and_say_how_they_train():
     assert "pretrained_weights" not in reproduce.PROFILES["synthetic-cpu"]  # from scratch, offline
     assert "augmentation" not in reproduce.PROFILES["full-gpu"]  # the paper's four augmentations
     assert reproduce.PROFILES["synthetic-cpu"]["augmentation"] == "geometric"  # docs/tuning.md section 9
+
+
+def test_render_reports_replaces_its_own_reports_and_never_a_users(executed_runs, tmp_path):
+    base, _, index = executed_runs
+    assert reproduce.REPORT_MARK in index.read_text() and reproduce.REPORT_MARK in (
+        base / "reports" / "00_tiny.html").read_text()
+    again = reproduce.render_reports(base / "runs", base / "reports")  # its own files: replaced
+    assert again == index
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    mine = reports / "00_tiny.html"
+    mine.write_text("<html>my own notes</html>")
+    with pytest.raises(ConfigError, match="00_tiny.html exists and was not written by the kit"):
+        reproduce.render_reports(base / "runs", reports)
+    assert mine.read_text() == "<html>my own notes</html>" and not (reports / "index.html").exists()
+    # a report of an earlier version (nbconvert's page of that notebook, no mark) is the kit's
+    mine.write_text('<html><head><title>00_tiny</title></head><body class="jp-Notebook"></body></html>')
+    reproduce.render_reports(base / "runs", reports)
+    assert reproduce.REPORT_MARK in mine.read_text()
+
+
+def test_output_folders_that_are_files_or_cannot_be_made_are_one_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(ConfigError, match="reports folder .*afile is a file, not a folder"):
+        reproduce.output_folder(afile, "reports folder")
+    with pytest.raises(ConfigError, match="runs folder .*afile/runs cannot be created"):
+        reproduce.output_folder(afile / "runs", "runs folder")
+    data = tmp_path / "data"
+    (data / "CASME2").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="is a file, not a folder"):  # before any notebook runs
+        reproduce.reproduce(data_root=data, only=["01"], runs_dir=tmp_path / "runs", reports_dir=afile)
+    assert not (tmp_path / "runs" / "01_preprocessing").exists() and afile.read_text() == "mine"
+    with pytest.raises(DatasetError, match="is a file"):
+        reproduce.reproduce(data_root=afile, runs_dir=tmp_path / "runs", reports_dir=tmp_path / "r")
+
+
+def test_a_failed_notebook_keeps_its_whole_message():
+    from papermill.exceptions import PapermillExecutionError
+
+    error = PapermillExecutionError(3, 1, "cell", "DatasetError",
+                                    "sheet.xlsx: 2 problem(s):\n  - row 3: onset after offset\n  - row 5: no frames",
+                                    ["traceback line"])
+    text = reproduce._error_text(error)
+    assert text.startswith("DatasetError: sheet.xlsx: 2 problem(s)") and "row 3" in text and "row 5" in text
+    assert "traceback line" not in text
+    assert reproduce._error_text(RuntimeError("first\nlast")) == "RuntimeError: last"

@@ -16,8 +16,8 @@ from mer_utils.errors import ConfigError, DatasetError, MerError
 from mer_utils.evaluate import read_predictions
 from mer_utils.config import ExperimentConfig
 from mer_utils.provenance import is_synthetic
-from mer_utils.runs import (DONE_FILE, NOTEBOOK_PATH, PREDICTIONS_FILE, fold_dir_name, fold_fingerprint,
-                            fold_is_complete, fold_staleness, leave_one_subject_out, run_experiment)
+from mer_utils.runs import (DONE_FILE, NOTEBOOK_PATH, PREDICTIONS_FILE, fold_dir_name, fold_fingerprint, fold_subject,
+                            fold_is_complete, fold_staleness, leave_one_subject_out, run_experiment, run_fold)
 from mer_utils.synth import make_synthetic
 from mer_utils.train import TrainConfig
 
@@ -85,15 +85,31 @@ def test_folds_are_sorted_subjects_whatever_the_sample_order(data_root):
     assert is_synthetic(data_root) and not is_synthetic(data_root.parent)
 
 
+def test_a_fold_that_does_not_exist_is_named_with_the_folds_that_do(data_root, tmp_path):
+    config = ExperimentConfig(root=str(data_root), protocol="casme2-5class").resolved()
+    assert fold_subject(SUBJECTS, 5, config) == SUBJECTS[5]
+    for bad in (len(SUBJECTS), -1, True):
+        with pytest.raises(ConfigError, match=f"fold {bad} does not exist: .* \\(folds 0..{len(SUBJECTS) - 1}\\)"):
+            fold_subject(SUBJECTS, bad, config)
+    with pytest.raises(ConfigError, match="torch_threads must be a positive integer"):
+        run_fold(config, 0, tmp_path / "fold", torch_threads=-1)
+    assert not (tmp_path / "fold").exists()
+
+
 def test_config_resolves_defaults_and_round_trips_through_json(data_root):
     config = ExperimentConfig(root=str(data_root), protocol="casme2-5class").resolved()
     defaults = TrainConfig()
     assert (config.epochs, config.batch_size, config.image_size, config.lr, config.fc_lr, config.backbone) == (
         defaults.epochs, defaults.batch_size, defaults.image_size, defaults.lr, defaults.fc_lr, defaults.backbone)
     assert config.replace(fc_lr=3e-5).train_config().fc_lr == 3e-5  # reaches the optimiser's FC group
-    for bad in (0, -1e-4, "fast"):
-        with pytest.raises(ConfigError, match="fc_lr must be a positive number"):
+    for bad in (0, -1e-4, "fast", float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="fc_lr must be a positive finite number"):
             config.replace(fc_lr=bad).resolved()
+    with pytest.raises(ConfigError, match="lr must be a positive finite number, got inf"):
+        config.replace(lr=float("inf")).resolved()
+    for bad in (-1, 2 ** 32, 1.5):  # numpy's seeds: 0 .. 2**32 - 1
+        with pytest.raises(ConfigError, match="seed must be an integer from 0 to 2\\*\\*32 - 1"):
+            config.replace(seed=bad).resolved()
     # the kit's test-time BatchNorm recalibration is on by default and can be switched off (the paper's way)
     assert config.recalibrate_bn is True and config.train_config().recalibrate_bn is True
     assert config.replace(recalibrate_bn=False).resolved().train_config().recalibrate_bn is False
@@ -358,3 +374,23 @@ def test_config_is_written_only_after_the_inputs_load(data_root, tmp_path, monke
     with pytest.raises(MerError, match="no fold is complete"):  # folds stubbed out: nothing ran
         run_experiment(fixed, out, use_papermill=False, progress=False)
     assert json.loads((out / "config.json").read_text())["config"]["root"] == str(data_root.resolve())
+
+
+def test_a_folder_of_the_users_files_or_a_file_is_not_taken_for_an_experiment(data_root, tmp_path):
+    config = ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / PREDICTIONS_FILE).write_text("my own table\n")
+    with pytest.raises(ConfigError, match="holds files but no experiment of this kit"):
+        run_experiment(config, mine, folds=[0], use_papermill=False, progress=False)
+    assert (mine / PREDICTIONS_FILE).read_text() == "my own table\n" and not (mine / "config.json").exists()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        run_experiment(config, afile, folds=[0], use_papermill=False, progress=False)
+    with pytest.raises(ConfigError, match="image_size must be even with CGPO"):  # before any folder is claimed
+        run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", image_size=33),
+                       tmp_path / "odd", folds=[0], use_papermill=False, progress=False)
+    assert not (tmp_path / "odd" / "config.json").exists()
+    with pytest.raises(ConfigError, match="preprocess_size must be a positive integer, got 0"):
+        ExperimentConfig(root=str(data_root), protocol="casme2-5class", preprocess_size=0).resolved()
