@@ -167,13 +167,20 @@ def typed_overrides(pairs: Iterable[Sequence[str]], names: Iterable[str] | str |
     return overrides
 
 
-def _papermill_output(path: Path) -> bool:
+def _read_executed(path: Path):
+    """The notebook at ``path`` when papermill wrote it (its metadata says so), else None
+    (unreadable, or a notebook of the user's)."""
     import nbformat
 
     try:
-        return "papermill" in nbformat.read(path, as_version=4).metadata
+        nb = nbformat.read(path, as_version=4)
     except Exception:  # unreadable: not ours either
-        return False
+        return None
+    return nb if "papermill" in nb.metadata else None
+
+
+def _papermill_output(path: Path) -> bool:
+    return _read_executed(path) is not None
 
 
 def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.PathLike = SYNTHETIC_DIR,
@@ -363,12 +370,13 @@ beside them. Results on synthetic data test the pipeline, not the method. Render
 def render_reports(runs_dir: str | os.PathLike = RUNS_DIR, reports_dir: str | os.PathLike = REPORTS_DIR) -> Path:
     """Convert every executed notebook ``runs_dir/<name>/<name>.ipynb`` to ``reports_dir/<name>.html``
     (nbconvert HTMLExporter; figures are embedded) and write ``reports_dir/index.html``
-    linking them, one line each: title, data, date, key numbers, notes and status."""
-    import nbformat
+    linking them, one line each: title, data, date, key numbers, notes and status. A report
+    file there that the kit did not write is never replaced (ConfigError before any is written)."""
     from nbconvert import HTMLExporter
 
     runs_dir, reports_dir = Path(runs_dir), Path(reports_dir)
-    executed = sorted(p for p in runs_dir.glob("*/*.ipynb") if p.stem == p.parent.name and _papermill_output(p))
+    notebooks = {p: _read_executed(p) for p in sorted(runs_dir.glob("*/*.ipynb")) if p.stem == p.parent.name}
+    executed = {p: nb for p, nb in notebooks.items() if nb is not None}  # each read once
     if not executed:
         raise ConfigError(f"no executed notebooks under {runs_dir} (expected <name>/<name>.ipynb written by "
                           "papermill): run run_notebooks or reproduce first")
@@ -382,8 +390,7 @@ def render_reports(runs_dir: str | os.PathLike = RUNS_DIR, reports_dir: str | os
     output_folder(reports_dir, "reports folder")
     exporter = HTMLExporter()
     rows = []
-    for path in executed:
-        nb = nbformat.read(path, as_version=4)
+    for path, nb in executed.items():
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
         report = reports_dir / f"{path.stem}.html"
         report.write_text(body.replace("<head>", "<head>" + REPORT_MARK, 1), encoding="utf-8")
@@ -403,7 +410,8 @@ def reproduce(data_root: str | os.PathLike = SYNTHETIC_DIR, profile: str = "synt
     Failed notebooks are rendered too (their error shows), then a MerError names them."""
     data_root = Path(data_root).resolve()
     if data_root.exists() and not data_root.is_dir():
-        raise DatasetError(f"data root {data_root} is a file: point --data-root at a folder holding CASME2/, SAMM/, SMIC/")
+        raise DatasetError(f"data root {data_root} is a file: point --data-root at a folder holding "
+                           "CASME2/, SAMM/, SMIC/")
     if not data_root.is_dir():
         raise DatasetError(f"data root {data_root} does not exist: point --data-root at a folder holding "
                            "CASME2/, SAMM/, SMIC/, or generate synthetic data with `mer synth --out data/synthetic`")
