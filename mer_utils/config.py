@@ -143,7 +143,8 @@ class ExperimentConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if config.cgpo and config.image_size is not None and config.image_size % 2:
-            raise ConfigError(f"image_size must be even with CGPO (one pyramid step halves it), got {config.image_size}")
+            raise ConfigError("image_size must be even with CGPO (one pyramid step halves it), "
+                              f"got {config.image_size}")
         if config.augmentation is not None and config.augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {config.augmentation!r}")
         for name in ("cgpo", "recalibrate_bn"):

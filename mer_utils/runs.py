@@ -158,7 +158,8 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
 
     if torch_threads is not None and (isinstance(torch_threads, bool) or not isinstance(torch_threads, int)
                                       or torch_threads < 1):
-        raise ConfigError(f"torch_threads must be a positive integer (or 0/None: torch's default), got {torch_threads!r}")
+        raise ConfigError("torch_threads must be a positive integer (or 0/None: torch's default), "
+                          f"got {torch_threads!r}")
     started = time.perf_counter()
     config = config.resolved()
     fold_dir = Path(fold_dir)
