@@ -218,6 +218,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if any(v is not None for v in (args.onset, args.apex, args.offset)):
             raise MerError("--onset/--apex/--offset apply to --clip only; a data root carries its annotations")
         _check_predictions_target(Path(args.out))
+    else:  # a clip is predicted as the model was trained; options that only shape a data root's run would be ignored
+        root_only = {"--protocol": args.protocol, "--megc-list": args.megc_list, "--apex-mode": args.apex_mode,
+                     "--method": args.method, "--n-key": args.n_key, "--face-crop": args.face_crop,
+                     "--cache-dir": args.cache_dir, "--out": args.out}
+        given = [flag for flag, value in root_only.items() if value is not None]
+        if given:
+            raise MerError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --root only: "
+                           "a --clip is read with the model's own preprocessing and printed (--json for JSON)")
     model = load_model(args.model)
     if args.clip is not None:
         prediction = predict_clip(model, args.clip, onset=args.onset, apex=args.apex, offset=args.offset)

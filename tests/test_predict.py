@@ -237,5 +237,10 @@ def test_outputs_never_replace_the_users_files(setup, tmp_path, capsys):
     (stray / WEIGHTS_FILE).write_bytes(b"my weights")
     assert "exists without a model card" in error_line(capsys, train + ["--out", str(stray)])
     assert (stray / WEIGHTS_FILE).read_bytes() == b"my weights"
+    clip = ["predict", "--model", str(model_dir), "--clip", str(base / "unseen")]
+    line = error_line(capsys, clip + ["--method", "rrs", "--out", str(tmp_path / "p.csv")])
+    assert line == ("error: --method, --out apply to --root only: a --clip is read with the model's own "
+                    "preprocessing and printed (--json for JSON)")
+    assert not (tmp_path / "p.csv").exists()
     assert "threads must be a positive integer, got 0" in error_line(
         capsys, train + ["--out", str(tmp_path / "new"), "--threads", "0"])
