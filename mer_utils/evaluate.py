@@ -341,9 +341,14 @@ def bootstrap_interval(y_true: Sequence[str], y_pred: Sequence[str], classes: Se
     (seeds, rounding), which on a small set is as large (docs/tuning.md)."""
     if not 0 < level < 1:
         raise EvaluationError(f"interval level must be between 0 and 1, got {level}")
-    matrix = confusion(y_true, y_pred, classes)  # validates the labels
-    if matrix.sum() == 0:
+    if confusion(y_true, y_pred, classes).sum() == 0:  # validates the labels
         raise EvaluationError("no samples: no interval")
+    return _interval(y_true, y_pred, classes, level, resamples, seed)
+
+
+def _interval(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str], level: float = INTERVAL_LEVEL,
+              resamples: int = INTERVAL_RESAMPLES, seed: int = INTERVAL_SEED) -> dict:
+    """:func:`bootstrap_interval` of labels already checked (by :func:`confusion`)."""
     index = {c: i for i, c in enumerate(classes)}
     true_index = np.array([index[str(v)] for v in y_true])
     pred_index = np.array([index[str(v)] for v in y_pred])
@@ -397,7 +402,7 @@ def compute_metrics(df: pd.DataFrame, classes: Sequence[str] | None = None) -> d
     classes = list(classes) if classes is not None else classes_from_frame(df)
     matrix = confusion(df["true_label"], df["pred_label"], classes)
     metrics = {**_scores(matrix), "classes": classes,
-               "interval": bootstrap_interval(df["true_label"].tolist(), df["pred_label"].tolist(), classes)}
+               "interval": _interval(df["true_label"].tolist(), df["pred_label"].tolist(), classes)}  # labels checked
     metrics["per_class"] = {
         c: {"n": int(n), "f1": float(f), "recall": float(r)}
         for c, n, f, r in zip(classes, matrix.sum(axis=1), _f1_per_class(matrix),
