@@ -88,6 +88,8 @@ def _add_training_args(p: argparse.ArgumentParser, methods: tuple[str, ...] | No
 def _experiment_config(args: argparse.Namespace):
     from mer_utils.config import ExperimentConfig
 
+    if args.megc_list is not None and args.protocol != "megc2019":  # from_parameters leaves a notebook's list out
+        raise MerError(f"--megc-list applies to --protocol megc2019 only, not {args.protocol!r}")
     values = {k: v for k, v in vars(args).items() if k != "func"}
     values.update(root=str(Path(args.root).resolve()), cgpo=False if args.no_cgpo else None,
                   recalibrate_bn=False if args.no_recalibrate_bn else None,
@@ -336,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder holding CASME2/, SAMM/, SMIC/ (default: the synthetic data)")
     p.add_argument("--profile", default="synthetic-cpu", choices=("synthetic-cpu", "full-gpu"),
                    help="parameter set: small and CPU-fast for the synthetic data, or the paper's for a GPU")
-    p.add_argument("--only", nargs="*", default=None, help="notebook numbers, e.g. 01 04")
+    p.add_argument("--only", nargs="+", default=None, help="notebook numbers, e.g. 01 04 (default: all)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="set a notebook parameter over the profile's, as papermill's -p (repeatable), "
                         "e.g. -p ensemble 2 -p epochs 30; typed as the notebooks declare it")
@@ -377,10 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning on the console is one line, "warning: ...", without the source line."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default", UserWarning)
+    console_format, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         return args.func(args)
     except MerError as exc:
@@ -393,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
-
+    finally:
+        warnings.formatwarning = console_format
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from mer_utils.errors import ConfigError
+from mer_utils.errors import ConfigError, check_int
 
 CROPNET_METHODS = ("ars", "rrs", "farneback", "tvl1")  # the CropNet input images (preprocess.METHODS)
 METHODS = CROPNET_METHODS + ("lbptop",)  # ... and the MEGC2019 baseline
@@ -102,7 +102,7 @@ class ExperimentConfig:
         """A copy with every default filled in and every path absolute; ConfigError on bad values."""
         from mer_utils.baselines import lbptop
         from mer_utils.data import PROTOCOLS
-        from mer_utils.face import FACE_CROP, FACE_CROPS
+        from mer_utils.face import FACE_CROP, FACE_CROPS, MIN_SIZE
         from mer_utils.paths import default_cache_dir
         from mer_utils.preprocess import N_KEY, PREPROCESS_SIZE
         from mer_utils.train import AUGMENTATIONS, TrainConfig
@@ -137,11 +137,15 @@ class ExperimentConfig:
             values["preprocess_size"] = PREPROCESS_SIZE if self.preprocess_size is None else self.preprocess_size
             values["pretrained_weights"] = resolve_weights(self.pretrained_weights)
         config = dataclasses.replace(self, **values)
-        for name in ("epochs", "image_size", "batch_size", "ensemble", "n_key", "preprocess_size", "lbptop_frames",
-                     "lbptop_size"):
-            value = getattr(config, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("epochs", "image_size", "batch_size", "ensemble", "n_key", "lbptop_frames", "lbptop_size"):
+            if getattr(config, name) is not None:
+                check_int(name, getattr(config, name))
+        if config.preprocess_size is not None:
+            check_int("preprocess_size", config.preprocess_size, MIN_SIZE, note="the aligned face crop's side")
+        if config.backbone is not None and config.backbone != train.backbone:
+            from mer_utils.models.cropnet import check_backbone  # imports timm (seconds): another backbone only
+
+            check_backbone(config.backbone)
         if config.cgpo and config.image_size is not None and config.image_size % 2:
             raise ConfigError("image_size must be even with CGPO (one pyramid step halves it), "
                               f"got {config.image_size}")

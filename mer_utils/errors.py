@@ -19,3 +19,18 @@ class ConfigError(MerError, ValueError):
 
 class EvaluationError(MerError, ValueError):
     """A predictions table or label set cannot be scored as it stands."""
+
+
+class TrainingError(MerError, RuntimeError):
+    """Training diverged, or a model's weights give no finite prediction."""
+
+
+def check_int(name: str, value, minimum: int = 1, note: str = ""):
+    """``value`` when it is an int (not a bool) of at least ``minimum``; else ConfigError
+    "``name`` must be a positive integer (``note``), got ..." (or "an integer >= minimum")."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{name} must be {kind}{f' ({note})' if note else ''}, got {value!r}")
+    return value

@@ -429,7 +429,12 @@ def metrics_from_file(path: str | os.PathLike, protocol: str | None = None,
     df = read_predictions(path)
     if len(df) == 0:
         raise EvaluationError(f"{path}: predictions table has no rows: nothing to score")
-    metrics = compute_metrics(df, resolve_classes(df, str(path), protocol, classes))
+    try:
+        metrics = compute_metrics(df, resolve_classes(df, str(path), protocol, classes))
+    except EvaluationError as err:  # e.g. a sample predicted twice: name the file too
+        if str(path) in str(err):
+            raise
+        raise EvaluationError(f"{path}: {err}") from None
     metrics["source"] = str(path)
     return metrics
 

@@ -27,6 +27,7 @@ FACE_CROP = FACE_CROPS[0]  # the default
 DETECT_WIDTH = 400  # longest side of the copy the HOG detector sees (faces >= ~80 px there)
 FOREHEAD = 0.25  # the box's top is raised by this share of the brow-to-chin height
 MARGIN = 0.10  # the square's side is the landmarks' extent times (1 + MARGIN)
+MIN_SIZE = 8  # smallest side of an aligned crop
 RIGHT_EYE = slice(36, 42)  # iBUG 68-point indices: the subject's right eye (image left)
 LEFT_EYE = slice(42, 48)
 
@@ -96,8 +97,8 @@ class FaceAligner:
     """
 
     def __init__(self, size: int = 320, detect_width: int = DETECT_WIDTH, upsample_retry: bool = True):
-        if size < 8 or detect_width < 64:
-            raise ConfigError(f"FaceAligner: size {size} (>= 8) or detect_width {detect_width} (>= 64) too small")
+        if size < MIN_SIZE or detect_width < 64:
+            raise ConfigError(f"FaceAligner: size {size} (>= {MIN_SIZE}) or detect_width {detect_width} (>= 64) too small")
         self.size = size
         self.detect_width = detect_width
         self.upsample_retry = upsample_retry

@@ -35,7 +35,7 @@ import pandas as pd
 
 import mer_utils
 from mer_utils.data.sample import Sample
-from mer_utils.errors import ConfigError, DatasetError, MerError, PreprocessError
+from mer_utils.errors import ConfigError, DatasetError, MerError, PreprocessError, check_int
 
 if TYPE_CHECKING:
     from mer_utils.config import ExperimentConfig
@@ -112,9 +112,8 @@ def train_protocol(config: ExperimentConfig, out_dir: str | Path, *, apex: str =
     if (out_dir / WEIGHTS_FILE).exists() and not (out_dir / CARD_FILE).exists():
         raise ConfigError(f"{out_dir / WEIGHTS_FILE} exists without a model card ({CARD_FILE}), so it was not "
                           "written by mer train: move it or choose another folder")
-    if max_threads is not None and (isinstance(max_threads, bool) or not isinstance(max_threads, int)
-                                    or max_threads < 1):
-        raise ConfigError(f"threads must be a positive integer, got {max_threads!r}")
+    if max_threads is not None:
+        check_int("threads", max_threads)
     config = config.resolved()
     samples = load_samples(config.root, config.protocol, megc_list=config.megc_list, apex=apex,
                            face_crop=config.face_crop)
@@ -347,13 +346,15 @@ def clip_sample(clip: Clip, onset: int | None = None, apex: int | None = None, o
         raise PreprocessError(f"clip {name}: has {len(numbers)} frame(s); at least 2 are needed (onset and a later frame)")
     onset = numbers[0] if onset is None else int(onset)
     offset = numbers[-1] if offset is None else int(offset)
-    if onset > offset:
-        raise PreprocessError(f"clip {name}: onset {onset} is after offset {offset}")
     on_disk = set(numbers)
     for what, number in (("onset", onset), ("apex", apex), ("offset", offset)):
         if number is not None and number not in on_disk:
-            raise PreprocessError(f"clip {name}: {what} frame {number} is outside the clip "
-                                  f"(its frames are {numbers[0]}..{numbers[-1]}, {len(numbers)} files)")
+            where = ("has no file: the clip's frame numbers skip it" if numbers[0] < number < numbers[-1]
+                     else "is outside the clip")
+            raise PreprocessError(f"clip {name}: {what} frame {number} {where} (its frames are "
+                                  f"{numbers[0]}..{numbers[-1]}, {len(numbers)} files)")
+    if onset > offset:
+        raise PreprocessError(f"clip {name}: onset {onset} is after offset {offset}")
     if apex is not None and not onset <= apex <= offset:
         raise PreprocessError(f"clip {name}: apex {apex} is outside the window onset {onset}..offset {offset}")
     if offset == onset:

@@ -27,8 +27,8 @@ import numpy as np
 
 from mer_utils.data.sample import Sample
 from mer_utils.files import atomic_write_bytes
-from mer_utils.errors import ConfigError, PreprocessError
-from mer_utils.face import DETECT_WIDTH, FACE_CROP, FOREHEAD, MARGIN, load_face_models, make_aligner
+from mer_utils.errors import ConfigError, PreprocessError, check_int
+from mer_utils.face import DETECT_WIDTH, FACE_CROP, FOREHEAD, MARGIN, MIN_SIZE, load_face_models, make_aligner
 
 # Bump when any computation below changes its output: every cached image becomes a miss.
 PREPROCESS_VERSION = 1
@@ -430,10 +430,9 @@ def preprocess_samples(
     from tqdm import tqdm
 
     _method(method)
+    check_int("n_key", n_key)
+    check_int("size", size, MIN_SIZE)
     make_aligner(face_crop, size)  # validates face_crop before any work
-    for name, value in (("n_key", n_key), ("size", size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     workers = _cpu_count() if workers is None else workers
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")

@@ -45,7 +45,7 @@ import numpy as np
 import mer_utils
 from mer_utils.config import RESULT_NEUTRAL_FIELDS, ExperimentConfig, experiment_key, experiment_settings
 from mer_utils.data import PROTOCOLS, Sample, load_samples
-from mer_utils.errors import ConfigError, MerError
+from mer_utils.errors import ConfigError, MerError, check_int
 from mer_utils.files import atomic_write_text
 from mer_utils.paths import EXPERIMENTS_DIR, PACKAGE_DIR, repo_path
 from mer_utils.provenance import is_synthetic
@@ -92,9 +92,11 @@ def _claim_experiment_dir(config: ExperimentConfig, out_dir: Path) -> None:
     if path.is_file():
         try:
             old = json.loads(path.read_text())
+            if not isinstance(old, dict) or not isinstance(old.get("config"), dict):
+                raise ValueError("no experiment configuration in it")
             old_flat = _flat({k: old[k] for k in ("config", "train", "lbptop") if k in old})
         except (ValueError, KeyError, AttributeError) as err:
-            raise ConfigError(f"{path} is not a config.json of this kit ({err!r}); use another folder") from None
+            raise ConfigError(f"{path} is not a config.json of this kit ({err}); use another folder") from None
         new_flat = _flat(settings)
         differing = sorted(k for k in set(old_flat) | set(new_flat)
                            if k not in RESULT_NEUTRAL_FIELDS and old_flat.get(k) != new_flat.get(k))
@@ -156,10 +158,8 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
     from mer_utils.evaluate import check_coverage, write_predictions
     from mer_utils.preprocess import load_image, preprocess_samples
 
-    if torch_threads is not None and (isinstance(torch_threads, bool) or not isinstance(torch_threads, int)
-                                      or torch_threads < 1):
-        raise ConfigError("torch_threads must be a positive integer (or 0/None: torch's default), "
-                          f"got {torch_threads!r}")
+    if torch_threads is not None:
+        check_int("torch_threads", torch_threads, note="or 0/None: torch's default")
     started = time.perf_counter()
     config = config.resolved()
     fold_dir = Path(fold_dir)

@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from mer_utils.data.sample import Sample
-from mer_utils.errors import ConfigError
+from mer_utils.errors import ConfigError, TrainingError
 from mer_utils.models import CropNet
 from mer_utils.optim import AdamP
 
@@ -583,6 +583,9 @@ def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: to
             loss_sum += loss.item() * len(labels)
             seen += len(labels)
         epoch_losses.append(loss_sum / seen)
+        if not math.isfinite(epoch_losses[-1]) and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise TrainingError(f"{desc}: training diverged in epoch {epoch + 1}: the loss is {epoch_losses[-1]} and "
+                                f"the weights are no longer finite; lower lr ({config.lr:g}) or fc_lr ({config.fc_lr:g})")
         elapsed = time.perf_counter() - epoch_start
         epoch_seconds.append(round(elapsed, 3))
         rate = seen / elapsed
@@ -600,7 +603,12 @@ def _predict(model: CropNet, images: list[torch.Tensor], config: TrainConfig, de
         with autocast():
             logits = model(batch)
         outputs.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(outputs).numpy().astype(np.float64)
+    probs = torch.cat(outputs).numpy().astype(np.float64)
+    bad = int((~np.isfinite(probs).all(axis=1)).sum())
+    if bad:
+        raise TrainingError(f"CropNet gives no finite probabilities for {bad} of {len(probs)} image(s): its weights "
+                            "are not finite (did its training diverge? lower the learning rates)")
+    return probs
 
 
 def _test_batches(images: Sequence[torch.Tensor], config: TrainConfig, size: int, device: torch.device):

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mer_utils.errors import ConfigError
+from mer_utils.errors import ConfigError, check_int
 from mer_utils.tables import DECIMALS
 
 
@@ -20,9 +20,8 @@ def tsne_embedding(images: np.ndarray, size: int = 32, pca_components: int = 50,
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    for name, value in (("tsne_size", size), ("pca_components", pca_components)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    check_int("tsne_size", size)
+    check_int("pca_components", pca_components)
     if isinstance(perplexity, bool) or not isinstance(perplexity, (int, float)) or not 0 < perplexity < float("inf"):
         raise ConfigError(f"perplexity must be a positive number, got {perplexity!r}")
     n = len(images)

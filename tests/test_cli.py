@@ -128,6 +128,30 @@ def test_bad_inputs_fail_before_any_work_or_output(tmp_path, capsys):
     assert main(["data", "--root", str(readme), "--protocol", "casme2-5class"]) == 2
     assert capsys.readouterr().err.startswith(f"error: data root {readme} is not a folder")
     assert blocker.read_text() == "mine" and readme.read_text() == "notes"
+    assert main(["preprocess", "--root", str(root), "--protocol", "casme2-5class", "--size", "0",
+                 "--out", str(cache)]) == 2  # its own name, not the face aligner's settings
+    assert capsys.readouterr().err == "error: size must be an integer >= 8, got 0\n" and not cache.exists()
+    model = tmp_path / "model"
+    for command in ("train", "loso"):  # a list only megc2019 reads was dropped without a word
+        assert main([command, "--root", str(root), "--protocol", "casme2-5class", "--megc-list", "official",
+                     "--out", str(model)]) == 2
+        assert capsys.readouterr().err == ("error: --megc-list applies to --protocol megc2019 only, "
+                                           "not 'casme2-5class'\n") and not model.exists()
+    with pytest.raises(SystemExit):  # a bare --only selected every notebook
+        main(["reproduce", "--only"])
+    assert "--only: expected at least one argument" in capsys.readouterr().err
+
+
+def test_warnings_are_one_line_on_the_console(tmp_path):
+    """Not Python's "file:line: UserWarning: ..." and the source line below it (a process of
+    its own: pytest records warnings instead of printing them)."""
+    from test_data import make_casme2
+
+    make_casme2(tmp_path)
+    run = subprocess.run([sys.executable, "-m", "mer_utils", "data", "--root", str(tmp_path), "--protocol", "megc2019"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0 and run.stderr.startswith("warning: megc2019 without a sample list"), run.stderr
+    assert run.stderr.count("\n") == 1 and "UserWarning" not in run.stderr
 
 
 def test_reproduce_parameters_are_typed_as_the_notebooks_declare_them(tmp_path, monkeypatch, capsys):

@@ -258,10 +258,30 @@ def test_annotated_frame_without_file_names_it(tmp_path):
     (folder / "CASME2_RAW_selected" / "sub04" / "EP13_04" / "img14.jpg").unlink()
     with pytest.raises(DatasetError, match=r"row 7: offset frame 14 has no file in .*sub04/EP13_04 \(frames on disk: 10\.\.13"):
         read_casme2(folder)
+
+
+
+def test_unannotated_apex_in_a_gap_is_the_nearest_frame_on_disk(tmp_path):
+    """SMIC has no apex: the middle frame is used. Where the folder's numbers skip it, the
+    nearest frame on disk (the earlier on a tie), not an error about a frame nobody gave."""
     smic = make_smic(tmp_path / "smic")
-    (smic / "HS" / "s1" / "micro" / "negative" / "s1_ne_01" / "image000125.bmp").unlink()
-    with pytest.raises(DatasetError, match=r"s1_ne_01: apex frame 125 has no file"):
-        read_smic(smic)
+    clip = smic / "HS" / "s1" / "micro" / "negative" / "s1_ne_01"
+    sample = next(s for s in read_smic(smic) if s.clip == "s1_ne_01")
+    middle = sample.apex
+    assert sample.apex_inferred and middle not in (sample.onset, sample.offset)
+    (clip / f"image{middle:06d}.bmp").unlink()
+    sample = next(s for s in read_smic(smic) if s.clip == "s1_ne_01")
+    assert sample.apex == middle - 1 and sample.apex in sample.frame_numbers and sample.apex_inferred
+
+
+def test_clip_of_one_frame_is_refused_naming_the_row(tmp_path):
+    """onset == offset leaves eq. 5 nothing to sum (an all-zero image): one line naming the row."""
+    folder = make_casme2(tmp_path, rows=[(1, "EP02_01f", 5, 5, 5, "happiness"), *CASME2_ROWS[1:]])
+    with pytest.raises(DatasetError) as caught:
+        read_casme2(folder)
+    message = str(caught.value)
+    assert "\n" not in message and "row 2: onset and offset are both frame" in message
+    assert "a clip needs at least two frames" in message
 
 
 def test_zero_byte_frame_names_the_file(tmp_path):
@@ -314,6 +334,20 @@ def test_casme2_five_class_protocol(root):
         ("sub04", "EP13_04", "surprise"),
     ]  # sadness is outside the five classes
     assert all(s.label in PROTOCOLS["casme2-5class"].classes for s in samples)
+
+
+def test_an_emotion_no_dataset_uses_is_a_warning_naming_the_clip_and_row(tmp_path):
+    """A typo ("happyness") would leave the clip out like an excluded emotion ("sadness"):
+    the excluded one stays quiet, the typo is named with its sheet row."""
+    make_casme2(tmp_path, rows=[*CASME2_ROWS, (4, "EP14_01", 20, 22, 25, "Happyness")])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samples = load_samples(tmp_path, "casme2-5class")
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert "1 clip(s) left out: their emotion is not one the dataset uses (casme2: others" in messages[0]
+    assert "casme2/sub04/EP14_01 ('happyness', CASME2-coding-20140508.xlsx row 8)" in messages[0]
+    assert "casme2/sub04/EP14_01" not in {s.key for s in samples} and len(samples) == 5
 
 
 def test_megc2019_emotion_mapping_warns(root):

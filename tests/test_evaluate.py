@@ -141,6 +141,15 @@ def test_duplicate_predictions_are_named():
         compute_metrics(frame)
 
 
+def test_metrics_from_file_names_the_file_of_a_duplicated_row(tmp_path):
+    path = tmp_path / "mine.csv"
+    write_predictions(table([("casme2", "sub01", "EP01", "negative", "negative"),
+                             ("casme2", "sub01", "EP01", "negative", "positive")]), path)
+    with pytest.raises(EvaluationError, match=r"^.*mine\.csv: 1 sample\(s\) predicted more than once: "
+                                              r"casme2/sub01/EP01 \(x2\)$"):
+        metrics_from_file(path)
+
+
 def test_missing_and_unexpected_predictions_are_named():
     frame = table([("samm", "samm/006", "006_1_2", "negative", "negative"),
                    ("samm", "samm/007", "007_3_1", "positive", "positive")])

@@ -182,6 +182,49 @@ def test_imagenet_weights_offline_is_one_clear_error(monkeypatch):
     assert "local weights file" in message and "'none' to train from scratch" in message
 
 
+def test_an_unreachable_hub_fails_at_once_and_reads_only_the_cache(monkeypatch):
+    """Offline, the Hub's host refuses the connection: timm's loading then runs in the Hub's
+    offline mode (a cached copy would load; nothing is retried for a minute) and the one-line
+    error gives that reason, whole. No test needs the network: the connection is faked."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from mer_utils.models import cropnet
+
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def refuse(address, timeout=None):
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    assert cropnet.hub_unreachable() == "huggingface.co cannot be reached ([Errno -2] Name or service not known)"
+    seen = []
+
+    def create_model(*args, **kwargs):
+        seen.append((kwargs.get("pretrained"), constants.HF_HUB_OFFLINE))
+        raise FileNotFoundError("no copy in the cache")
+
+    monkeypatch.setattr(cropnet.timm, "create_model", create_model)
+    with pytest.raises(ConfigError) as caught:
+        cropnet.create_backbone("rexnet_100", imagenet=True)
+    assert seen == [(True, True)] and constants.HF_HUB_OFFLINE is False  # offline for that call only
+    message = str(caught.value)
+    assert "\n" not in message and "huggingface.co cannot be reached ([Errno -2] Name or service not known)" in message
+    assert "local weights file" in message and "'none' to train from scratch" in message
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # a direct connection cannot test a proxy
+    assert cropnet.hub_unreachable() is None
+
+
+def test_a_long_download_error_is_cut_at_a_word():
+    from mer_utils.models.cropnet import _imagenet_error
+
+    message = str(_imagenet_error("rexnet_100", OSError("word " * 100)))
+    assert "\n" not in message and "word word ...)" in message and "wor ..." not in message
+
+
 def test_pretrained_weights_values_are_checked_by_the_configuration(tmp_path):
     from mer_utils.config import ExperimentConfig, resolve_weights
 

@@ -134,6 +134,16 @@ def test_bad_clips_are_one_line_naming_the_clip(setup, tmp_path, capsys):
     assert folder in line and f"onset {last} is after offset {first}" in line
     line = error_line(capsys, model + [folder, "--offset", str(last + 50)])
     assert folder in line and "outside the clip" in line
+    line = error_line(capsys, model + [folder, "--offset", "-1"])  # the frame, not "onset N is after offset -1"
+    assert folder in line and "offset frame -1 is outside the clip" in line
+    gapped = tmp_path / "gapped"
+    gapped.mkdir()
+    for frame in unseen[0].frames:
+        shutil.copy(frame, gapped / frame.name)
+    skipped = unseen[0].frame_numbers[3]
+    next(p for p in gapped.iterdir() if p.stem.endswith(str(skipped))).unlink()
+    line = error_line(capsys, model + [str(gapped), "--apex", str(skipped)])
+    assert f"apex frame {skipped} has no file: the clip's frame numbers skip it" in line
     blank = tmp_path / "no_face"
     blank.mkdir()
     rng = np.random.default_rng(0)

@@ -410,8 +410,10 @@ def test_bad_parameters_and_unwritable_output_fail_before_any_clip_is_computed(t
     sample = make_clip(tmp_path / "data", "EP_param", numbers=range(1, 4), onset=1, apex=2, offset=3)
     computed = []
     monkeypatch.setattr("mer_utils.preprocess._compute_and_write", lambda *a: computed.append(a))
-    for name, value in (("n_key", 0), ("size", -5)):
-        with pytest.raises(ConfigError, match=rf"{name} must be a positive integer, got {value}"):
+    for name, value, message in (("n_key", 0, "n_key must be a positive integer, got 0"),
+                                 ("size", -5, "size must be an integer >= 8, got -5"),
+                                 ("size", 0, "size must be an integer >= 8, got 0")):  # not FaceAligner's words
+        with pytest.raises(ConfigError, match=message):
             preprocess_samples([sample], "ars", cache_dir=tmp_path / "cache", face_crop="none", progress=False,
                                **{name: value})
     blocker = tmp_path / "a-file"

@@ -392,5 +392,24 @@ def test_a_folder_of_the_users_files_or_a_file_is_not_taken_for_an_experiment(da
         run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", image_size=33),
                        tmp_path / "odd", folds=[0], use_papermill=False, progress=False)
     assert not (tmp_path / "odd" / "config.json").exists()
-    with pytest.raises(ConfigError, match="preprocess_size must be a positive integer, got 0"):
+    with pytest.raises(ConfigError, match="preprocess_size must be an integer >= 8"):
         ExperimentConfig(root=str(data_root), protocol="casme2-5class", preprocess_size=0).resolved()
+
+
+def test_unknown_backbone_and_a_foreign_config_json_are_refused_before_any_fold(data_root, tmp_path):
+    """A misspelt backbone is named (with timm's closest names) when the configuration
+    resolves, before config.json is written, so the corrected run is not refused as "another
+    configuration"; a config.json that is not the kit's (a JSON list) says so."""
+    config = ExperimentConfig(root=str(data_root), protocol="casme2-5class", backbone="rexnet_10")
+    with pytest.raises(ConfigError, match=r"unknown backbone 'rexnet_10': not a timm model; did you mean .*rexnet_100"):
+        run_experiment(config, tmp_path / "typo", folds=[0], use_papermill=False, progress=False)
+    assert not (tmp_path / "typo").exists()
+    for text in ("[1, 2]", '{"config": 3}'):
+        folder = tmp_path / "foreign"
+        folder.mkdir(exist_ok=True)
+        (folder / "config.json").write_text(text)
+        with pytest.raises(ConfigError, match=r"config.json is not a config.json of this kit \(no experiment "
+                                              r"configuration in it\); use another folder"):
+            run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop"),
+                           folder, folds=[0], use_papermill=False, progress=False)
+        assert (folder / "config.json").read_text() == text

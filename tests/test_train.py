@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from mer_utils.data.sample import Sample
-from mer_utils.errors import ConfigError
-from mer_utils.train import CUDA_LOADER_WORKERS, TrainConfig, build_transform, split_fold, train_fold
+from mer_utils.errors import ConfigError, TrainingError
+from mer_utils.train import (CUDA_LOADER_WORKERS, TrainConfig, build_transform, predict_probs, split_fold,
+                             train_fold, train_model)
 
 CLASSES = ("alpha", "beta", "gamma", "delta")
 
@@ -116,6 +117,22 @@ def test_bad_inputs_name_the_clip():
         train_fold(samples, "sub01", tiny_config(cgpo=False, batch_size=1), images)
     with pytest.raises(ConfigError, match="schedule"):
         TrainConfig(schedule="linear")
+
+
+def test_divergence_and_non_finite_weights_are_named_not_scored():
+    """A learning rate that blows the weights up stops the fold with "diverged" and the rates
+    to lower, instead of scoring NaN probabilities; a model with non-finite weights predicts
+    nothing."""
+    samples, images = make_fold_data(n_samples=8, n_subjects=4, size=32)
+    with pytest.raises(TrainingError, match=r"fold sub01: training diverged in epoch 1: the loss is nan and the "
+                                            r"weights are no longer finite; lower lr \(1e\+30\) or fc_lr"):
+        train_fold(samples, "sub01", tiny_config(lr=1e30, fc_lr=1e30), images)
+    config = tiny_config(epochs=1)
+    model = train_model(samples, config, images).model
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"no finite probabilities for 2 of 2 image\(s\)"):
+        predict_probs(model, [images[s.key] for s in samples[:2]], config)
 
 
 def test_augmentation_follows_the_paper_order_and_test_images_are_only_normalised():

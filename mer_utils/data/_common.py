@@ -80,16 +80,18 @@ def make_sample(
 ) -> Sample:
     """Build a Sample after checking the annotation against the frames on disk.
 
-    ``apex=None`` means not annotated: the middle frame is used and ``apex_inferred`` set.
+    ``apex=None`` means not annotated: the middle frame is used (in a folder whose frame
+    numbers skip it, the nearest frame on disk, the earlier on a tie) and ``apex_inferred`` set.
     ``where`` names the annotation source (``file row 5`` or a folder) in every error.
     ``listing`` is ``list_frames(folder)`` when the caller already has it.
     """
     if onset > offset:
         raise DatasetError(f"{where}: onset {onset} is after offset {offset} ({dataset}/{subject}/{clip})")
+    if onset == offset:  # eq. 5 and 6 would sum no movement: an all-zero image
+        raise DatasetError(f"{where}: onset and offset are both frame {onset} ({dataset}/{subject}/{clip}); "
+                           "a clip needs at least two frames")
     apex_inferred = apex is None
-    if apex is None:
-        apex = middle_frame(onset, offset)
-    elif not onset <= apex <= offset:
+    if apex is not None and not onset <= apex <= offset:
         raise DatasetError(
             f"{where}: apex {apex} is outside [onset {onset}, offset {offset}] "
             f"({dataset}/{subject}/{clip})"
@@ -101,6 +103,9 @@ def make_sample(
             raise DatasetError(f"{where}: {error}") from None
     frames, numbers = listing
     on_disk = set(numbers)
+    if apex is None:
+        middle = middle_frame(onset, offset)
+        apex = min((n for n in numbers if onset <= n <= offset), key=lambda n: (abs(n - middle), n), default=middle)
     for name, number in (("onset", onset), ("apex", apex), ("offset", offset)):
         if number not in on_disk:
             raise DatasetError(
@@ -123,9 +128,12 @@ def make_sample(
 
 
 def raise_collected(problems: list[str], source: Path | str) -> None:
-    """Raise one DatasetError listing up to MAX_LISTED_PROBLEMS problems and their count."""
+    """Raise one DatasetError: one problem on one line, several listed one a line (up to
+    MAX_LISTED_PROBLEMS) below their count."""
     if not problems:
         return
+    if len(problems) == 1:
+        raise DatasetError(f"reading {source}: {problems[0]}")
     shown = "\n  - ".join(problems[:MAX_LISTED_PROBLEMS])
     more = len(problems) - MAX_LISTED_PROBLEMS
     tail = f"\n  ... and {more} more" if more > 0 else ""

@@ -72,6 +72,30 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
 }
 
+# Every emotion each dataset's annotation uses (its sheet's Estimated Emotion; SMIC's class
+# folders), compared without case. A clip with another value (a typo) is left out with a
+# warning naming it, where it would otherwise drop out like an emotion the protocol excludes.
+DATASET_EMOTIONS = {
+    "casme2": ("others", "disgust", "happiness", "repression", "surprise", "sadness", "fear"),
+    "samm": ("anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise", "other"),
+    "smic": ("negative", "positive", "surprise"),
+}
+
+
+def warn_unknown_emotions(samples: Iterable[Sample]) -> None:
+    """Warn, in one line, about clips whose emotion is none of their dataset's
+    (DATASET_EMOTIONS), naming each (up to MAX_LISTED_PROBLEMS) with its annotation row."""
+    unknown = [s for s in samples if s.emotion.strip().lower() not in DATASET_EMOTIONS.get(s.dataset, ())]
+    if not unknown:
+        return
+    shown = "; ".join(f"{s.key} ({s.emotion!r}, {s.extra.get('annotation', s.dataset)})"
+                      for s in unknown[:MAX_LISTED_PROBLEMS])
+    more = f"; and {len(unknown) - MAX_LISTED_PROBLEMS} more" if len(unknown) > MAX_LISTED_PROBLEMS else ""
+    known = "; ".join(f"{d}: {', '.join(e)}" for d, e in DATASET_EMOTIONS.items() if any(s.dataset == d for s in unknown))
+    warnings.warn(f"{len(unknown)} clip(s) left out: their emotion is not one the dataset uses ({known}): "
+                  f"{shown}{more}", UserWarning, stacklevel=3)
+
+
 # ----------------------------------------------------------------------------- MEGC2019 list
 
 MEGC_LABELS = PROTOCOLS["megc2019"].classes  # label index 0, 1, 2 in the official list
@@ -210,13 +234,15 @@ def load_samples(
             warnings.warn(
                 f"megc2019 without a sample list: the set comes from the emotion mapping "
                 f"(docs/method.md section 3) over {', '.join(datasets)} and is not the official "
-                f"MEGC2019 list; pass megc_list=OFFICIAL_MEGC2019_LIST for the official 442 samples",
+                f"MEGC2019 list; for the official 442 samples pass the shipped list (--megc-list official, "
+                f"or megc_list=OFFICIAL_MEGC2019_LIST)",
                 UserWarning,
                 stacklevel=2,
             )
         else:
             datasets = list(proto.datasets)
         samples = _read_datasets(root, datasets, casme2_variant)
+        warn_unknown_emotions(samples)
         chosen = [
             s.replace(label=label, subject_id=proto.subject_id_of(s))
             for s in samples

@@ -41,30 +41,93 @@ def create_backbone(name: str, imagenet: bool = False) -> nn.Module:
 
     ``imagenet``: start from timm's ImageNet weights through timm's own pretrained loading
     (downloaded once into the Hugging Face cache, then read from it; paper 3.2.1 starts from
-    ImageNet). When they cannot be had (offline, no cache), ConfigError says so in one line
-    and names the two ways out.
+    ImageNet). When the Hub cannot be reached (:func:`hub_unreachable`, a few seconds) the
+    weights are read from that cache alone instead of retrying the download for a minute;
+    when they cannot be had, ConfigError says so in one line and names the two ways out.
     """
+    unreachable = hub_unreachable() if imagenet else None
     try:
         # drop_rate 0: timm's classifier head would otherwise apply its dropout (0.2 for
         # ReXNet) to the feature map CropNet's head normalises, which is in no equation of the
         # paper and makes that BatchNorm see other statistics in training than in testing
-        return timm.create_model(name, pretrained=imagenet, num_classes=0, global_pool="", drop_rate=0.0)
+        with _hub_cache_only(unreachable is not None):
+            return timm.create_model(name, pretrained=imagenet, num_classes=0, global_pool="", drop_rate=0.0)
     except RuntimeError as err:  # timm: "Unknown model (...)"
         if "Unknown model" in str(err) or not imagenet:
             raise ConfigError(f"unknown backbone {name!r}: {err}") from None
-        raise _imagenet_error(name, err) from None
+        raise _imagenet_error(name, unreachable or err) from None
     except Exception as err:  # offline: huggingface_hub / requests / OSError in many types
         if not imagenet:
             raise
-        raise _imagenet_error(name, err) from None
+        raise _imagenet_error(name, unreachable or err) from None
 
 
-def _imagenet_error(name: str, err: BaseException) -> ConfigError:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+def check_backbone(name: str) -> str:
+    """``name`` when timm knows the model; else ConfigError naming it and timm's closest names
+    (checked when a configuration resolves, before an experiment folder is claimed)."""
+    import difflib
+
+    if not isinstance(name, str) or not timm.is_model(name):
+        close = difflib.get_close_matches(str(name), timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; timm.list_models() lists them"
+        raise ConfigError(f"unknown backbone {name!r}: not a timm model{hint}")
+    return name
+
+
+HUB_PROBE_SECONDS = 5.0  # how long the Hub's host gets to accept a connection
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """None when the Hugging Face Hub's host accepts a connection (or the Hub's own offline
+    mode is on, or a proxy is set, which a direct connection cannot test); else the reason,
+    e.g. "huggingface.co cannot be reached ([Errno -2] Name or service not known)"."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                                                                     "all_proxy", "HTTP_PROXY", "http_proxy")):
+        return None
+    url = urlparse(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, url.port or (80 if url.scheme == "http" else 443)), timeout=timeout).close()
+    except OSError as err:
+        return f"{host} cannot be reached ({err})"
+    return None
+
+
+class _hub_cache_only:
+    """With ``on``: the Hugging Face Hub's offline mode for the block (a copy in its cache is
+    read, nothing is downloaded or retried), as HF_HUB_OFFLINE=1 would set it."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __enter__(self):
+        if self.on:
+            from huggingface_hub import constants
+
+            self.saved = constants.HF_HUB_OFFLINE
+            constants.HF_HUB_OFFLINE = True
+
+    def __exit__(self, *exc):
+        if self.on:
+            from huggingface_hub import constants
+
+            constants.HF_HUB_OFFLINE = self.saved
+        return False
+
+
+def _imagenet_error(name: str, reason: BaseException | str) -> ConfigError:
+    if isinstance(reason, BaseException):
+        text = " ".join(str(reason).split()) or "no message"
+        reason = f"{type(reason).__name__}: {text if len(text) <= 200 else text[:200].rsplit(' ', 1)[0] + ' ...'}"
     return ConfigError(
-        f"cannot load timm's ImageNet weights for {name} (offline, or the download failed: "
-        f"{type(err).__name__}: {reason[:160]}); pass a local weights file as pretrained_weights "
-        "(--pretrained-weights PATH), or 'none' to train from scratch")
+        f"cannot load timm's ImageNet weights for {name} (offline, or the download failed: {reason}); "
+        "pass a local weights file as pretrained_weights (--pretrained-weights PATH), or 'none' to train from scratch")
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
