@@ -404,5 +404,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         warnings.formatwarning = console_format
 
+
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

@@ -16,6 +16,7 @@ five classes, against the paper's "approximately 7.6 M" (the backbone's features
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -99,26 +100,18 @@ def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
     return None
 
 
-class _hub_cache_only:
+@contextlib.contextmanager
+def _hub_cache_only(on: bool):
     """With ``on``: the Hugging Face Hub's offline mode for the block (a copy in its cache is
     read, nothing is downloaded or retried), as HF_HUB_OFFLINE=1 would set it."""
+    from huggingface_hub import constants
 
-    def __init__(self, on: bool):
-        self.on = on
-
-    def __enter__(self):
-        if self.on:
-            from huggingface_hub import constants
-
-            self.saved = constants.HF_HUB_OFFLINE
-            constants.HF_HUB_OFFLINE = True
-
-    def __exit__(self, *exc):
-        if self.on:
-            from huggingface_hub import constants
-
-            constants.HF_HUB_OFFLINE = self.saved
-        return False
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or on
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def _imagenet_error(name: str, reason: BaseException | str) -> ConfigError:
