@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("loso", help="leave-one-subject-out experiment, then metrics")
     _add_data_args(p)
     _add_training_args(p)
-    p.add_argument("--folds", type=int, nargs="*", default=None,
+    p.add_argument("--folds", type=int, nargs="+", default=None,
                    help="run only these fold indices (default: all)")
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (default: $DASK_SCHEDULER_ADDRESS, "

@@ -140,6 +140,9 @@ def test_bad_inputs_fail_before_any_work_or_output(tmp_path, capsys):
     with pytest.raises(SystemExit):  # a bare --only selected every notebook
         main(["reproduce", "--only"])
     assert "--only: expected at least one argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a bare --folds ran none
+        main(["loso", "--root", str(root), "--protocol", "casme2-5class", "--out", str(out), "--folds"])
+    assert "--folds: expected at least one argument" in capsys.readouterr().err and not out.exists()
 
 
 def test_warnings_are_one_line_on_the_console(tmp_path):
