@@ -247,6 +247,9 @@ def test_06_table4_and_figure5(runs):
     no_cgpo = next(store.glob("casme2-5class_ars_nocgpo_*"))
     config = json.loads((no_cgpo / "config.json").read_text())["config"]
     assert config["cgpo"] is False and config["image_size"] == 32
+    notes = json.loads((folder / "summary.json").read_text())["notes"]  # how Table 4's and Figure 5's rows trained
+    assert any(note.endswith(": ARS + CropNet with CGPO, ARS + CropNet without CGPO.") for note in notes), notes
+    assert any(note.startswith("CropNet trained from scratch") and note.endswith(": N_key 5.") for note in notes), notes
 
 
 @pytest.mark.slow
