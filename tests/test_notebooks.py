@@ -278,6 +278,7 @@ def test_08_predict_trains_predicts_an_unseen_video_and_explains(runs):
     assert summary["key_numbers"]["unseen clips"] == len(unseen)
     assert 0.0 <= summary["key_numbers"]["accuracy on unseen videos"] <= 1.0
     assert summary["key_numbers"]["apex MAE spotted (frames)"] < summary["key_numbers"]["apex MAE middle (frames)"]
+    assert "chance accuracy on them" in summary["notes"][0]  # beside the accuracy it qualifies
 
 
 @pytest.mark.slow
