@@ -252,6 +252,8 @@ def test_papermill_runs_the_notebook_for_one_fold(tiny, tmp_path, scheduler):
     assert (fold / "loss_curve.png").is_file()
     assert json.loads((fold / DONE_FILE).read_text())["notebook"] == "03_train.ipynb"
     assert set(read_predictions(fold / PREDICTIONS_FILE)["subject"]) == {"sub03"}
+    notes = json.loads((fold / "summary.json").read_text())["notes"]  # the fold accuracy's chance level beside it
+    assert notes[0] == "1 training epoch" and notes[1].startswith("chance accuracy on this subject's clips 0.2000")
 
 
 @pytest.mark.slow
