@@ -88,10 +88,11 @@ def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
 
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE or any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY",
-                                                                     "all_proxy", "HTTP_PROXY", "http_proxy")):
+    if getattr(constants, "HF_HUB_OFFLINE", False) or any(
+            os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY",
+                                        "http_proxy")):
         return None
-    url = urlparse(constants.ENDPOINT)
+    url = urlparse(getattr(constants, "ENDPOINT", None) or "https://huggingface.co")
     host = url.hostname or "huggingface.co"
     try:
         socket.create_connection((host, url.port or (80 if url.scheme == "http" else 443)), timeout=timeout).close()
@@ -106,7 +107,7 @@ def _hub_cache_only(on: bool):
     read, nothing is downloaded or retried), as HF_HUB_OFFLINE=1 would set it."""
     from huggingface_hub import constants
 
-    saved = constants.HF_HUB_OFFLINE
+    saved = getattr(constants, "HF_HUB_OFFLINE", False)
     constants.HF_HUB_OFFLINE = saved or on
     try:
         yield
