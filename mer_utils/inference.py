@@ -108,7 +108,8 @@ def train_protocol(config: ExperimentConfig, out_dir: str | Path, *, apex: str =
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"model folder {out_dir} is a file, not a folder: choose another --out")
     if (out_dir / CARD_FILE).exists() and not overwrite:
-        raise ConfigError(f"{out_dir} already holds a model ({CARD_FILE}); choose another folder or overwrite it")
+        raise ConfigError(f"{out_dir} already holds a model ({CARD_FILE}); choose another folder, or replace it "
+                          "(mer train --overwrite; overwrite=True)")
     if (out_dir / WEIGHTS_FILE).exists() and not (out_dir / CARD_FILE).exists():
         raise ConfigError(f"{out_dir / WEIGHTS_FILE} exists without a model card ({CARD_FILE}), so it was not "
                           "written by mer train: move it or choose another folder")
