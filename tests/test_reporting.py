@@ -2,6 +2,7 @@
 papermill / HTML machinery on a tiny notebook (the real notebooks: tests/test_notebooks.py)."""
 import json
 import math
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -366,6 +367,23 @@ def test_reproduce_needs_an_existing_data_root(tmp_path):
     with pytest.raises(DatasetError, match="mer synth"):
         reproduce.reproduce(data_root=tmp_path / "missing", runs_dir=tmp_path / "runs", reports_dir=tmp_path / "r")
     assert issubclass(DatasetError, MerError)
+
+
+def test_the_gpu_profile_on_a_machine_without_one_warns_before_any_notebook(tmp_path, monkeypatch):
+    import torch
+
+    ran = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(reproduce, "run_notebooks", lambda *a, **k: ran.append(k["profile"]) or {})
+    monkeypatch.setattr(reproduce, "render_reports", lambda runs, reports: Path(reports) / "index.html")
+    with pytest.warns(UserWarning, match=r"profile full-gpu on a machine without a CUDA GPU .* hours per fold"):
+        reproduce.reproduce(data_root=tmp_path, profile="full-gpu", runs_dir=tmp_path / "runs",
+                            reports_dir=tmp_path / "r")
+    assert ran == ["full-gpu"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the CPU profile: nothing to warn about
+        reproduce.reproduce(data_root=tmp_path, profile="synthetic-cpu", runs_dir=tmp_path / "runs",
+                            reports_dir=tmp_path / "r")
 
 
 def test_profiles_set_only_declared_parameters_and_say_how_they_train():
