@@ -376,7 +376,7 @@ def test_the_gpu_profile_on_a_machine_without_one_warns_before_any_notebook(tmp_
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(reproduce, "run_notebooks", lambda *a, **k: ran.append(k["profile"]) or {})
     monkeypatch.setattr(reproduce, "render_reports", lambda runs, reports: Path(reports) / "index.html")
-    with pytest.warns(UserWarning, match=r"profile full-gpu on a machine without a CUDA GPU .* hours per fold"):
+    with pytest.warns(UserWarning, match=r"profile full-gpu on a machine without a CUDA GPU .* an hour or more per fold"):
         reproduce.reproduce(data_root=tmp_path, profile="full-gpu", runs_dir=tmp_path / "runs",
                             reports_dir=tmp_path / "r")
     assert ran == ["full-gpu"]
