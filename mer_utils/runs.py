@@ -416,7 +416,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
                    use_papermill: bool | None = None, progress: bool = True) -> ExperimentResult:
     """Run the LOSO folds not yet complete in ``out_dir``, then score every completed fold.
 
-    ``folds``: the fold indices to run (default all); ``use_papermill``: run each fold as the
+    ``workers``: local cluster processes (0 or None: one per fold up to the cores; one on a
+    CUDA machine); ``folds``: the fold indices to run (default all); ``use_papermill``: run each fold as the
     notebook ``03_train.ipynb`` (default: when the notebook exists) or in-process. Metrics
     follow MEGC2019: all completed folds' predictions concatenated, then UF1/UAR/accuracy;
     when folds are missing or failed, the metrics cover only the completed ones and say so
@@ -430,6 +431,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
     started = time.perf_counter()
     config = config.resolved()
     out_dir = Path(out_dir).resolve()
+    if workers is not None:  # 0, as in the notebooks, or None: the default
+        workers = check_int("workers", workers, minimum=0, note="0 or None: one per fold up to the cores") or None
     if use_papermill is None:
         use_papermill = NOTEBOOK_PATH.is_file()
     elif use_papermill and not NOTEBOOK_PATH.is_file():

@@ -140,6 +140,10 @@ def test_bad_inputs_fail_before_any_work_or_output(tmp_path, capsys):
     with pytest.raises(SystemExit):  # a bare --only selected every notebook
         main(["reproduce", "--only"])
     assert "--only: expected at least one argument" in capsys.readouterr().err
+    assert main(["loso", "--root", str(root), "--protocol", "casme2-5class", "--method", "lbptop", "--workers", "-1",
+                 "--out", str(out)]) == 2  # was a ValueError traceback from the process pool, after the folder
+    assert capsys.readouterr().err.startswith("error: workers must be an integer >= 0 (0 or None: one per fold")
+    assert not out.exists()
     with pytest.raises(SystemExit):  # a bare --folds ran none
         main(["loso", "--root", str(root), "--protocol", "casme2-5class", "--out", str(out), "--folds"])
     assert "--folds: expected at least one argument" in capsys.readouterr().err and not out.exists()
