@@ -374,6 +374,22 @@ def _open_client(scheduler: str | None, workers: int | None, n_folds: int):
     return client, False, fold_threads(n_workers)
 
 
+SCHEDULER_TIMEOUT_S = 10  # how long a given Dask scheduler gets to answer before any work
+
+
+def check_scheduler(address: str) -> None:
+    """ConfigError in one line when the Dask scheduler at ``address`` does not answer within
+    SCHEDULER_TIMEOUT_S, before an experiment claims a folder or preprocesses anything."""
+    from distributed import Client
+
+    try:
+        Client(address, timeout=SCHEDULER_TIMEOUT_S).close()
+    except Exception as err:  # OSError, TimeoutError, ValueError for a malformed address
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ConfigError(f"Dask scheduler {address} cannot be reached ({reason}): start it there, or leave the "
+                          "scheduler out for a local cluster") from None
+
+
 def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, use_papermill, progress):
     """Submit the pending folds; returns failures {subject: message}."""
     from distributed import as_completed
@@ -433,6 +449,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
     out_dir = Path(out_dir).resolve()
     if workers is not None:  # 0, as in the notebooks, or None: the default
         workers = check_int("workers", workers, minimum=0, note="0 or None: one per fold up to the cores") or None
+    if scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"):  # before any preprocessing or folder
+        check_scheduler(scheduler or os.environ["DASK_SCHEDULER_ADDRESS"])
     if use_papermill is None:
         use_papermill = NOTEBOOK_PATH.is_file()
     elif use_papermill and not NOTEBOOK_PATH.is_file():

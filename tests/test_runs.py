@@ -415,3 +415,16 @@ def test_unknown_backbone_and_a_foreign_config_json_are_refused_before_any_fold(
             run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop"),
                            folder, folds=[0], use_papermill=False, progress=False)
         assert (folder / "config.json").read_text() == text
+
+
+def test_an_unreachable_scheduler_is_named_before_any_work(data_root, tmp_path, monkeypatch):
+    """It was found after the preprocessing, with the experiment folder already claimed."""
+    from mer_utils import runs
+
+    monkeypatch.setattr(runs, "SCHEDULER_TIMEOUT_S", 1)
+    out = tmp_path / "remote"
+    with pytest.raises(ConfigError, match=r"^Dask scheduler tcp://127\.0\.0\.1:1 cannot be reached \(.*\): start it "
+                                          r"there, or leave the scheduler out for a local cluster$"):
+        run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop"), out,
+                       scheduler="tcp://127.0.0.1:1", folds=[0], use_papermill=False, progress=False)
+    assert not out.exists()
