@@ -87,6 +87,15 @@ def chance_rows(metrics: Mapping) -> dict[str, dict]:
     return rows
 
 
+def chance_note(metrics: Mapping, clips: str = "these clips") -> str:
+    """The chance accuracy of a metrics dict's test clips as a report note, beside an
+    accuracy (:func:`chance_rows`): "chance accuracy on {clips} 0.2000 (uniform random
+    guess), 0.3333 (always the most frequent class)"."""
+    uniform, majority = chance_rows(metrics).values()
+    return (f"chance accuracy on {clips} {uniform['accuracy']:.{DECIMALS}f} (uniform random guess), "
+            f"{majority['accuracy']:.{DECIMALS}f} (always the most frequent class)")
+
+
 def _folds_done(metrics: Mapping) -> str:
     folds = metrics.get("folds") or {}
     return f"{folds['completed']}/{folds['total']}" if "completed" in folds and "total" in folds else "-"
@@ -103,18 +112,17 @@ def megc_table(experiments: Mapping[str, object], chance: bool = True) -> pd.Dat
     majority class (of the whole composite) on the same test samples, per column.
     ``UF1 95% interval full`` is the bootstrap interval of the full composite's UF1 over its
     clips (``mer_utils.evaluate.bootstrap_interval``)."""
-    rows = {}
-    for name, entry in experiments.items():
-        m = _metrics_of(entry)
-        rows[name] = _megc_row(m)
-    folds = [_folds_done(_metrics_of(entry)) for entry in experiments.values()]
-    if chance and experiments:
-        for label, scores in chance_rows(_metrics_of(next(iter(experiments.values())))).items():
+    metrics = {name: _metrics_of(entry) for name, entry in experiments.items()}
+    rows = {name: _megc_row(m) for name, m in metrics.items()}
+    folds = [_folds_done(m) for m in metrics.values()]
+    intervals = [interval_text(m.get("interval")) for m in metrics.values()]
+    if chance and metrics:
+        for label, scores in chance_rows(next(iter(metrics.values()))).items():
             rows[label] = _megc_row(scores)
             folds.append("chance")
+            intervals.append("-")
     table = pd.DataFrame.from_dict(rows, orient="index", columns=_megc_columns()).astype(float).round(DECIMALS)
-    intervals = [interval_text(_metrics_of(entry).get("interval")) for entry in experiments.values()]
-    table.insert(1, f"{INTERVAL_COLUMN} full", intervals + ["-"] * (len(table) - len(intervals)))
+    table.insert(1, f"{INTERVAL_COLUMN} full", intervals)
     table["folds"] = folds
     table.index.name = "method"
     return table

@@ -141,6 +141,8 @@ def test_tables_state_the_chance_level_of_their_test_samples(composite_metrics):
     assert table.loc["chance: uniform random guess", "UF1 95% interval"] == "-"
     assert megc.loc["ARS + CropNet", "UF1 95% interval full"].startswith("[")
     assert megc.loc["chance: uniform random guess", "UF1 95% interval full"] == "-"
+    assert tables.chance_note(composite_metrics, "them") == (
+        f"chance accuracy on them {1 / k:.4f} (uniform random guess), {share.max():.4f} (always the most frequent class)")
 
 
 def test_results_table_rejects_what_is_not_a_result():
