@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mer_utils.errors import ConfigError, DatasetError
-from mer_utils.paths import repo_path
+from mer_utils.errors import ConfigError
+from mer_utils.paths import data_root_dir, repo_path
 from mer_utils.provenance import data_description, report_title
 
 
@@ -31,11 +31,7 @@ def open_run(data_root: str | os.PathLike, run_dir: str | os.PathLike, quiet: bo
     """A notebook's first step: resolve ``data_root`` and ``run_dir`` (relative: from the
     repository root), check the data root is a folder, create the run folder, print both
     with the data description."""
-    root, out = repo_path(data_root), repo_path(run_dir)
-    if not root.is_dir():
-        what = "is not a folder" if root.exists() else "does not exist"
-        raise DatasetError(f"data root {root} {what}: point data_root at a folder holding CASME2/, SAMM/, SMIC/, "
-                           "or generate synthetic data with `mer synth --out data/synthetic`")
+    root, out = data_root_dir(repo_path(data_root), "data_root"), repo_path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = NotebookRun(root, out, data_description(root))
     if not quiet:

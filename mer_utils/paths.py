@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mer_utils.errors import ConfigError
+from mer_utils.errors import ConfigError, DatasetError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 RUNS_DIR = "papermill_runs"  # executed notebooks, relative to the repository root
@@ -23,6 +23,19 @@ REPORTS_DIR = "reports"  # rendered HTML
 EXPERIMENTS_DIR = f"{RUNS_DIR}/experiments"  # the shared, configuration-keyed experiment store
 SYNTHETIC_DIR = "data/synthetic"  # where `make demo` generates the synthetic data
 OFFICIAL_MEGC2019_LIST = PACKAGE_DIR / "resources" / "megc2019_composite.csv"  # shipped MEGC2019 list
+
+
+def data_root_dir(root: str | os.PathLike, option: str = "the data root") -> Path:
+    """``root`` as a Path when it is a folder; else DatasetError in one line, "data root X
+    does not exist" or "is not a folder", naming the ``option`` that sets it (``--data-root``,
+    ``data_root``) and the way to make synthetic data."""
+    root = Path(root)
+    if not root.is_dir():
+        state = ("is not a folder (it is a file)" if root.is_file() else "is not a folder" if root.exists()
+                 else "does not exist")
+        raise DatasetError(f"data root {root} {state}: point {option} at a folder holding CASME2/, SAMM/, SMIC/, "
+                           "or generate synthetic data with `mer synth --out data/synthetic`")
+    return root
 
 
 def repo_root() -> Path:

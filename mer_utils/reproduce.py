@@ -20,8 +20,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mer_utils.errors import ConfigError, DatasetError, MerError
-from mer_utils.paths import EXPERIMENTS_DIR, REPORTS_DIR, RUNS_DIR, SYNTHETIC_DIR, notebooks_dir
+from mer_utils.errors import ConfigError, MerError
+from mer_utils.paths import EXPERIMENTS_DIR, REPORTS_DIR, RUNS_DIR, SYNTHETIC_DIR, data_root_dir, notebooks_dir
 from mer_utils.provenance import data_description
 from mer_utils.tables import DECIMALS
 
@@ -423,13 +423,7 @@ def reproduce(data_root: str | os.PathLike = SYNTHETIC_DIR, profile: str = "synt
     ["01", "04"]) with the profile's parameters into ``runs_dir``, render ``reports_dir``,
     return ``reports_dir/index.html``. Relative paths are taken from the current directory.
     Failed notebooks are rendered too (their error shows), then a MerError names them."""
-    data_root = Path(data_root).resolve()
-    if data_root.exists() and not data_root.is_dir():
-        raise DatasetError(f"data root {data_root} is a file: point --data-root at a folder holding "
-                           "CASME2/, SAMM/, SMIC/")
-    if not data_root.is_dir():
-        raise DatasetError(f"data root {data_root} does not exist: point --data-root at a folder holding "
-                           "CASME2/, SAMM/, SMIC/, or generate synthetic data with `mer synth --out data/synthetic`")
+    data_root = data_root_dir(Path(data_root).resolve(), "--data-root")
     output_folder(runs_dir, "runs folder", create=False)  # checked before any notebook runs
     output_folder(reports_dir, "reports folder", create=False)
     if profile == "full-gpu":

@@ -15,7 +15,7 @@ from mer_utils.data.sample import APEX_MODES, DATASET_FOLDERS, DATASETS, Sample
 from mer_utils.data.samm import read_samm
 from mer_utils.data.smic import read_smic
 from mer_utils.errors import DatasetError
-from mer_utils.paths import OFFICIAL_MEGC2019_LIST  # noqa: F401  (re-exported by mer_utils.data)
+from mer_utils.paths import OFFICIAL_MEGC2019_LIST, data_root_dir  # noqa: F401  (list re-exported by mer_utils.data)
 
 
 
@@ -217,11 +217,8 @@ def load_samples(
     """
     if apex not in APEX_MODES:
         raise DatasetError(f"apex {apex!r} is not one of {', '.join(APEX_MODES)}")
-    root = Path(root)
+    root = data_root_dir(root)
     proto = get_protocol(protocol)
-    if not root.is_dir():
-        state = "is not a folder" if root.exists() else "does not exist"
-        raise DatasetError(f"data root {root} {state} (expected a folder holding CASME2/, SAMM/ or SMIC/)")
     if megc_list is not None and proto.name != "megc2019":
         raise DatasetError(f"a MEGC2019 sample list only applies to protocol megc2019, not {proto.name!r}")
 
