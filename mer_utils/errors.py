@@ -25,6 +25,11 @@ class TrainingError(MerError, RuntimeError):
     """Training diverged, or a model's weights give no finite prediction."""
 
 
+class DataWarning(UserWarning):
+    """A warning about the sample set as loaded (no official MEGC2019 list, clips left out for
+    an unknown emotion). The LOSO runner shows it once per experiment, not again in every fold."""
+
+
 def check_int(name: str, value, minimum: int = 1, note: str = ""):
     """``value`` when it is an int (not a bool) of at least ``minimum``; else ConfigError
     "``name`` must be a positive integer (``note``), got ..." (or "an integer >= minimum")."""

@@ -45,7 +45,7 @@ import numpy as np
 import mer_utils
 from mer_utils.config import RESULT_NEUTRAL_FIELDS, ExperimentConfig, experiment_key, experiment_settings
 from mer_utils.data import PROTOCOLS, Sample, load_samples
-from mer_utils.errors import ConfigError, MerError, check_int
+from mer_utils.errors import ConfigError, DataWarning, MerError, check_int
 from mer_utils.files import atomic_write_text
 from mer_utils.paths import EXPERIMENTS_DIR, PACKAGE_DIR, repo_path
 from mer_utils.provenance import is_synthetic
@@ -257,7 +257,15 @@ def fold_notebook_parameters(config: ExperimentConfig, fold: int, fold_dir: Path
 
 
 def _fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: bool, torch_threads: int) -> dict:
-    """Run one fold (notebook or in-process), then write ``done.json``; errors come back as text."""
+    """Run one fold (notebook or in-process), then write ``done.json``; errors come back as text.
+    The fold loads the experiment's samples again: the DataWarnings that load gives, the
+    experiment has already shown once (``run_experiment``), so a worker does not repeat them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        return _run_fold_task(config_values, fold, fold_dir, use_papermill, torch_threads)
+
+
+def _run_fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: bool, torch_threads: int) -> dict:
     config = ExperimentConfig.from_dict(config_values)
     fold_dir = Path(fold_dir)
     for stale in (DONE_FILE, FOLD_FILE):

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from mer_utils.data import load_samples
-from mer_utils.errors import ConfigError, DatasetError, MerError
+from mer_utils.errors import ConfigError, DataWarning, DatasetError, MerError
 from mer_utils.evaluate import read_predictions
 from mer_utils.config import ExperimentConfig
 from mer_utils.provenance import is_synthetic
-from mer_utils.runs import (DONE_FILE, NOTEBOOK_PATH, PREDICTIONS_FILE, fold_dir_name, fold_fingerprint, fold_subject,
+from mer_utils.runs import (DONE_FILE, _fold_task, NOTEBOOK_PATH, PREDICTIONS_FILE, fold_dir_name, fold_fingerprint, fold_subject,
                             fold_is_complete, fold_staleness, leave_one_subject_out, run_experiment, run_fold)
 from mer_utils.synth import make_synthetic
 from mer_utils.train import TrainConfig
@@ -340,6 +340,24 @@ def test_changed_annotations_make_the_folds_that_used_them_stale(tiny, data_root
                and "left out of the metrics" in str(w.message) for w in caught)
     assert third.trained_folds == 1 and third.metrics["folds"]["completed"] == 1
     assert "sub02" in third.metrics["folds"]["missing_subjects"]
+
+
+@pytest.mark.slow
+def test_a_data_warning_is_shown_by_the_experiment_not_again_by_every_fold(data_root, tmp_path):
+    """A fold loads the experiment's samples again; the warnings of that load (here a clip left
+    out for an emotion no dataset uses) came once per fold from every worker, on the console."""
+    root = Path(shutil.copytree(data_root, tmp_path / "data" / "synthetic"))
+    clip = relabel(root, 3, "happyness")
+    config = ExperimentConfig(root=str(root), protocol="casme2-5class", method="lbptop",
+                              cache_dir=str(data_root.parent / "interim" / "cache"))
+    with pytest.warns(DataWarning, match=f"1 clip\\(s\\) left out: .*{clip}"):
+        load_samples(root, "casme2-5class")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = _fold_task(config.to_dict(), 0, str(tmp_path / "fold"), False, 1)
+    assert outcome["error"] is None and outcome["record"]["n_test"] > 0
+    assert [str(w.message) for w in caught if issubclass(w.category, DataWarning)] == []
+    assert not any(issubclass(f[2], DataWarning) for f in warnings.filters if f[0] == "ignore")  # restored
 
 
 def test_fold_without_a_fingerprint_is_stale(data_root, tmp_path):

@@ -14,7 +14,7 @@ from mer_utils.data.casme2 import read_casme2
 from mer_utils.data.sample import APEX_MODES, DATASET_FOLDERS, DATASETS, Sample
 from mer_utils.data.samm import read_samm
 from mer_utils.data.smic import read_smic
-from mer_utils.errors import DatasetError
+from mer_utils.errors import DataWarning, DatasetError
 from mer_utils.paths import OFFICIAL_MEGC2019_LIST, data_root_dir  # noqa: F401  (list re-exported by mer_utils.data)
 
 
@@ -93,7 +93,7 @@ def warn_unknown_emotions(samples: Iterable[Sample]) -> None:
     more = f"; and {len(unknown) - MAX_LISTED_PROBLEMS} more" if len(unknown) > MAX_LISTED_PROBLEMS else ""
     known = "; ".join(f"{d}: {', '.join(e)}" for d, e in DATASET_EMOTIONS.items() if any(s.dataset == d for s in unknown))
     warnings.warn(f"{len(unknown)} clip(s) left out: their emotion is not one the dataset uses ({known}): "
-                  f"{shown}{more}", UserWarning, stacklevel=3)
+                  f"{shown}{more}", DataWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- MEGC2019 list
@@ -233,7 +233,7 @@ def load_samples(
                 f"(docs/method.md section 3) over {', '.join(datasets)} and is not the official "
                 f"MEGC2019 list; for the official 442 samples pass the shipped list (--megc-list official, "
                 f"or megc_list=OFFICIAL_MEGC2019_LIST)",
-                UserWarning,
+                DataWarning,
                 stacklevel=2,
             )
         else:
