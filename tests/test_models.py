@@ -207,7 +207,9 @@ def test_an_unreachable_hub_fails_at_once_and_reads_only_the_cache(monkeypatch):
         seen.append((kwargs.get("pretrained"), constants.HF_HUB_OFFLINE))
         raise FileNotFoundError("no copy in the cache")
 
-    monkeypatch.setattr(cropnet.timm, "create_model", create_model)
+    import timm
+
+    monkeypatch.setattr(timm, "create_model", create_model)
     with pytest.raises(ConfigError) as caught:
         cropnet.create_backbone("rexnet_100", imagenet=True)
     assert seen == [(True, True)] and constants.HF_HUB_OFFLINE is False  # offline for that call only
@@ -351,3 +353,23 @@ def test_seed_ensemble_outputs_the_log_of_its_members_mean_probabilities():
         SeedEnsemble(members[:1])
     with pytest.raises(ConfigError, match="members differ"):
         SeedEnsemble([members[0], CropNet(num_classes=4, image_size=64, head_channels=16, embed_dim=8)])
+
+
+def test_configuring_a_run_does_not_import_timm(tmp_path):
+    """timm imports every model it registers (~3.5 s here). A process that only configures runs
+    (a notebook whose folds train in Dask workers, the CLI's parent) does not need it; building
+    a model does."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "from mer_utils.config import ExperimentConfig\n"
+        f"config = ExperimentConfig.from_parameters({{'data_root': {str(tmp_path)!r}}}, protocol='casme2-5class').resolved()\n"
+        "assert config.backbone == 'rexnet_100'\n"
+        "print('timm' in sys.modules)\n"
+        "from mer_utils.models import CropNet\n"
+        "CropNet(num_classes=5, image_size=64)\n"
+        "print('timm' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]

@@ -20,7 +20,6 @@ import contextlib
 import math
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -46,6 +45,9 @@ def create_backbone(name: str, imagenet: bool = False) -> nn.Module:
     weights are read from that cache alone instead of retrying the download for a minute;
     when they cannot be had, ConfigError says so in one line and names the two ways out.
     """
+    import timm  # here, not at the top: a process that only configures runs (a notebook whose
+    # folds train in Dask workers, the CLI) does not pay timm's import of every model (~3.5 s)
+
     unreachable = hub_unreachable() if imagenet else None
     try:
         # drop_rate 0: timm's classifier head would otherwise apply its dropout (0.2 for
@@ -67,6 +69,8 @@ def check_backbone(name: str) -> str:
     """``name`` when timm knows the model; else ConfigError naming it and timm's closest names
     (checked when a configuration resolves, before an experiment folder is claimed)."""
     import difflib
+
+    import timm
 
     if not isinstance(name, str) or not timm.is_model(name):
         close = difflib.get_close_matches(str(name), timm.list_models(), n=3)
