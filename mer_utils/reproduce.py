@@ -7,6 +7,7 @@ renders ``reports/<name>.html`` and ``reports/index.html`` (``render_reports``).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import html
@@ -14,6 +15,8 @@ import json
 import math
 import os
 import re
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -239,15 +242,60 @@ def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.
         clock = time.perf_counter()
         error = None
         try:
-            papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name="python3",
-                                       cwd=str(path.parent), progress_bar=False,
-                                       kernel_manager_class=kernel_manager_class())
+            with fold_progress(path.stem):
+                papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name="python3",
+                                           cwd=str(path.parent), progress_bar=False,
+                                           kernel_manager_class=kernel_manager_class())
         except Exception as exc:  # recorded; the executed notebook shows the failing cell
             error = _error_text(exc)
         seconds = time.perf_counter() - clock
         print(f"[{path.stem}] {'FAILED: ' + error if error else 'done'} in {seconds:.0f} s -> {output}", flush=True)
         outcome[path.stem] = {"output": output, "seconds": seconds, "error": error}
     return outcome
+
+
+@contextlib.contextmanager
+def fold_progress(name: str, poll_s: float = 1.0):
+    """While a notebook runs, print on this console each LOSO fold its runner finishes, as
+    "[name] <experiment>: 3 of 14 folds done (fold 2, sub03), 95 s": the notebook's own
+    progress bars go into the notebook, and a long notebook would otherwise show nothing here
+    for minutes. The kernel inherits ``$MER_PROGRESS_FILE`` (``runs.PROGRESS_ENV``), which
+    names a temporary file the runner appends to and a thread here follows."""
+    from mer_utils.runs import PROGRESS_ENV
+
+    handle, file = tempfile.mkstemp(prefix="mer-progress-", suffix=".txt")
+    os.close(handle)
+    previous = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = file
+    stop = threading.Event()
+    clock = time.perf_counter()
+
+    def follow() -> None:
+        with open(file, "rb") as lines:
+            while True:
+                line = lines.readline()
+                if line.endswith(b"\n"):
+                    text = line.decode("utf-8", errors="replace").rstrip()
+                    print(f"[{name}] {text}, {time.perf_counter() - clock:.0f} s", flush=True)
+                elif stop.is_set():
+                    return
+                else:
+                    lines.seek(-len(line), os.SEEK_CUR)  # a line still being written: read it whole later
+                    stop.wait(poll_s)
+
+    thread = threading.Thread(target=follow, name=f"fold progress {name}", daemon=True)
+    thread.start()
+    try:
+        yield file
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        if previous is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = previous
+        with contextlib.suppress(OSError):
+            os.unlink(file)
 
 
 def _error_text(exc: BaseException) -> str:

@@ -53,6 +53,10 @@ from mer_utils.provenance import is_synthetic
 NOTEBOOK_PATH = PACKAGE_DIR.parent / "notebooks" / "03_train.ipynb"  # one fold as a notebook (repository checkouts)
 CONFIG_FILE, DONE_FILE, FOLD_FILE, PREDICTIONS_FILE = "config.json", "done.json", "fold.json", "predictions.csv"
 LOSSES_FILE = "losses.csv"  # mean training loss per epoch over the folds
+# A file the runner appends one line to as each fold finishes, when this variable names one:
+# ``mer reproduce`` sets it for each notebook and prints the lines on its console, where a
+# notebook's own progress bars are not seen.
+PROGRESS_ENV = "MER_PROGRESS_FILE"
 
 
 # --------------------------------------------------------------------------- configuration
@@ -398,8 +402,21 @@ def check_scheduler(address: str) -> None:
                           "scheduler out for a local cluster") from None
 
 
-def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, use_papermill, progress):
-    """Submit the pending folds; returns failures {subject: message}."""
+def _report_progress(line: str) -> None:
+    """Append ``line`` to the file ``$MER_PROGRESS_FILE`` names, if any (``PROGRESS_ENV``)."""
+    path = os.environ.get(PROGRESS_ENV)
+    if path:
+        try:
+            with open(path, "a", encoding="utf-8") as file:
+                file.write(line + "\n")
+        except OSError:  # progress is a courtesy: it never stops a run
+            pass
+
+
+def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, use_papermill, progress,
+               label: str = "LOSO"):
+    """Submit the pending folds; returns failures {subject: message}. ``label`` names the
+    experiment in the progress lines (``PROGRESS_ENV``)."""
     from distributed import as_completed
     from tqdm.auto import tqdm
 
@@ -413,8 +430,8 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
                           resources={"GPU": 1} if gpu else None): fold
             for fold, fold_dir in pending.items()
         }
-        for future in tqdm(as_completed(futures), total=len(futures), desc="LOSO folds", unit="fold",
-                           disable=not progress):
+        for done, future in enumerate(tqdm(as_completed(futures), total=len(futures), desc="LOSO folds",
+                                           unit="fold", disable=not progress), start=1):
             fold = futures[future]
             try:
                 error = future.result()["error"]
@@ -422,6 +439,8 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
                 error = f"{type(err).__name__}: {err}"
             if error:
                 failures[subjects[fold]] = error
+            _report_progress(f"{label}: {done} of {len(futures)} folds done "
+                             f"(fold {fold}, {subjects[fold]}{': FAILED' if error else ''})")
     finally:
         if owned:
             client.close()
@@ -480,7 +499,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
     failures = {}
     if pending:
         prepare_inputs(config, samples, workers, progress)
-        failures = _run_folds(config, pending, subjects, scheduler, workers, use_papermill, progress)
+        failures = _run_folds(config, pending, subjects, scheduler, workers, use_papermill, progress,
+                              label=out_dir.name)
 
     completed = [i for i in range(len(subjects)) if fold_is_complete(fold_dirs[i], tests[i], prints[i])]
     if not completed:

@@ -444,3 +444,24 @@ def test_a_failed_notebook_keeps_its_whole_message():
     assert text.startswith("DatasetError: sheet.xlsx: 2 problem(s)") and "row 3" in text and "row 5" in text
     assert "traceback line" not in text
     assert reproduce._error_text(RuntimeError("first\nlast")) == "RuntimeError: last"
+
+
+def test_fold_progress_prints_the_runners_lines_on_this_console(capsys, monkeypatch):
+    """A notebook's progress bars go into the notebook; ``mer reproduce`` prints the runner's
+    finished folds on its console while the notebook runs, whole lines only."""
+    import os
+
+    from mer_utils.runs import PROGRESS_ENV, _report_progress
+
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    with reproduce.fold_progress("04_casme2_5class", poll_s=0.02) as file:
+        assert os.environ[PROGRESS_ENV] == file  # what the kernel, and so the runner, inherits
+        _report_progress("casme2-5class_ars_k5_ab12: 1 of 6 folds done (fold 0, sub01)")
+        with open(file, "a", encoding="utf-8") as progress:
+            progress.write("casme2-5class_ars_k5_ab12: 2 of")  # a line not yet written whole
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "[04_casme2_5class] casme2-5class_ars_k5_ab12: 1 of 6 folds done (fold 0, sub01), ")
+    assert lines[0].endswith(" s")
+    assert PROGRESS_ENV not in os.environ and not Path(file).exists()
+    _report_progress("after the notebook: written nowhere")  # no variable, no file, no error

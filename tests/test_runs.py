@@ -16,7 +16,8 @@ from mer_utils.errors import ConfigError, DataWarning, DatasetError, MerError
 from mer_utils.evaluate import read_predictions
 from mer_utils.config import ExperimentConfig
 from mer_utils.provenance import is_synthetic
-from mer_utils.runs import (DONE_FILE, _fold_task, NOTEBOOK_PATH, PREDICTIONS_FILE, fold_dir_name, fold_fingerprint, fold_subject,
+from mer_utils.runs import (DONE_FILE, NOTEBOOK_PATH, PREDICTIONS_FILE, PROGRESS_ENV, _fold_task, fold_dir_name,
+                            fold_fingerprint, fold_subject,
                             fold_is_complete, fold_staleness, leave_one_subject_out, run_experiment, run_fold)
 from mer_utils.synth import make_synthetic
 from mer_utils.train import TrainConfig
@@ -269,6 +270,21 @@ def test_lbptop_baseline_on_two_folds(data_root, tmp_path, scheduler):
     assert len(features) == len(load_samples(data_root, "casme2-5class"))
     done = json.loads((result.fold_dirs[0] / DONE_FILE).read_text())
     assert done["method"] == "lbptop" and done["epoch_losses"] == []
+
+
+@pytest.mark.slow
+def test_the_runner_writes_a_progress_line_per_finished_fold_where_asked(data_root, tmp_path, scheduler, monkeypatch):
+    """``mer reproduce`` shows these on its console (``reproduce.fold_progress``)."""
+    progress = tmp_path / "progress.txt"
+    monkeypatch.setenv(PROGRESS_ENV, str(progress))
+    config = ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        run_experiment(config, tmp_path / "lbptop", scheduler=scheduler, folds=[0, 2], use_papermill=False,
+                       progress=False)
+    lines = progress.read_text().splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["lbptop: 1 of 2 folds done", "lbptop: 2 of 2 folds done"]
+    assert sorted(line.split(" (")[1] for line in lines) == ["fold 0, sub01)", "fold 2, sub03)"]
 
 
 @pytest.mark.slow
