@@ -22,6 +22,10 @@ RUNS_DIR = "papermill_runs"  # executed notebooks, relative to the repository ro
 REPORTS_DIR = "reports"  # rendered HTML
 EXPERIMENTS_DIR = f"{RUNS_DIR}/experiments"  # the shared, configuration-keyed experiment store
 SYNTHETIC_DIR = "data/synthetic"  # where `make demo` generates the synthetic data
+# The environment variable naming a file the LOSO runner appends one line to as each fold
+# finishes: `mer reproduce` sets it for each notebook and prints the lines on its console,
+# where a notebook's own progress bars are not seen (reproduce.fold_progress).
+PROGRESS_ENV = "MER_PROGRESS_FILE"
 OFFICIAL_MEGC2019_LIST = PACKAGE_DIR / "resources" / "megc2019_composite.csv"  # shipped MEGC2019 list
 
 

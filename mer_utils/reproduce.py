@@ -24,7 +24,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from mer_utils.errors import ConfigError, MerError
-from mer_utils.paths import EXPERIMENTS_DIR, REPORTS_DIR, RUNS_DIR, SYNTHETIC_DIR, data_root_dir, notebooks_dir
+from mer_utils.paths import (EXPERIMENTS_DIR, PROGRESS_ENV, REPORTS_DIR, RUNS_DIR, SYNTHETIC_DIR, data_root_dir,
+                             notebooks_dir)
 from mer_utils.provenance import data_description
 from mer_utils.tables import DECIMALS
 
@@ -259,10 +260,8 @@ def fold_progress(name: str, poll_s: float = 1.0):
     """While a notebook runs, print on this console each LOSO fold its runner finishes, as
     "[name] <experiment>: 3 of 14 folds done (fold 2, sub03), 95 s": the notebook's own
     progress bars go into the notebook, and a long notebook would otherwise show nothing here
-    for minutes. The kernel inherits ``$MER_PROGRESS_FILE`` (``runs.PROGRESS_ENV``), which
+    for minutes. The kernel inherits ``$MER_PROGRESS_FILE`` (``paths.PROGRESS_ENV``), which
     names a temporary file the runner appends to and a thread here follows."""
-    from mer_utils.runs import PROGRESS_ENV
-
     handle, file = tempfile.mkstemp(prefix="mer-progress-", suffix=".txt")
     os.close(handle)
     previous = os.environ.get(PROGRESS_ENV)

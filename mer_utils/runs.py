@@ -47,16 +47,12 @@ from mer_utils.config import RESULT_NEUTRAL_FIELDS, ExperimentConfig, experiment
 from mer_utils.data import PROTOCOLS, Sample, load_samples
 from mer_utils.errors import ConfigError, DataWarning, MerError, check_int
 from mer_utils.files import atomic_write_text
-from mer_utils.paths import EXPERIMENTS_DIR, PACKAGE_DIR, repo_path
+from mer_utils.paths import EXPERIMENTS_DIR, PACKAGE_DIR, PROGRESS_ENV, repo_path
 from mer_utils.provenance import is_synthetic
 
 NOTEBOOK_PATH = PACKAGE_DIR.parent / "notebooks" / "03_train.ipynb"  # one fold as a notebook (repository checkouts)
 CONFIG_FILE, DONE_FILE, FOLD_FILE, PREDICTIONS_FILE = "config.json", "done.json", "fold.json", "predictions.csv"
 LOSSES_FILE = "losses.csv"  # mean training loss per epoch over the folds
-# A file the runner appends one line to as each fold finishes, when this variable names one:
-# ``mer reproduce`` sets it for each notebook and prints the lines on its console, where a
-# notebook's own progress bars are not seen.
-PROGRESS_ENV = "MER_PROGRESS_FILE"
 
 
 # --------------------------------------------------------------------------- configuration

@@ -451,7 +451,8 @@ def test_fold_progress_prints_the_runners_lines_on_this_console(capsys, monkeypa
     finished folds on its console while the notebook runs, whole lines only."""
     import os
 
-    from mer_utils.runs import PROGRESS_ENV, _report_progress
+    from mer_utils.paths import PROGRESS_ENV
+    from mer_utils.runs import _report_progress
 
     monkeypatch.delenv(PROGRESS_ENV, raising=False)
     with reproduce.fold_progress("04_casme2_5class", poll_s=0.02) as file:

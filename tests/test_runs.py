@@ -16,7 +16,8 @@ from mer_utils.errors import ConfigError, DataWarning, DatasetError, MerError
 from mer_utils.evaluate import read_predictions
 from mer_utils.config import ExperimentConfig
 from mer_utils.provenance import is_synthetic
-from mer_utils.runs import (DONE_FILE, NOTEBOOK_PATH, PREDICTIONS_FILE, PROGRESS_ENV, _fold_task, fold_dir_name,
+from mer_utils.paths import PROGRESS_ENV
+from mer_utils.runs import (DONE_FILE, NOTEBOOK_PATH, PREDICTIONS_FILE, _fold_task, fold_dir_name,
                             fold_fingerprint, fold_subject,
                             fold_is_complete, fold_staleness, leave_one_subject_out, run_experiment, run_fold)
 from mer_utils.synth import make_synthetic
