@@ -357,9 +357,8 @@ def _open_client(scheduler: str | None, workers: int | None, n_folds: int):
     import dask
     from distributed import Client, LocalCluster
 
-    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    if address:
-        client = Client(address)
+    if scheduler:  # run_experiment has already taken $DASK_SCHEDULER_ADDRESS into account
+        client = Client(scheduler)
         hosts = [w.get("host") for w in client.scheduler_info().get("workers", {}).values()]
         return client, True, fold_threads(max((hosts.count(h) for h in set(hosts)), default=1))
     n_workers = workers or default_local_workers(n_folds)
@@ -472,8 +471,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
     out_dir = Path(out_dir).resolve()
     if workers is not None:  # 0, as in the notebooks, or None: the default
         workers = check_int("workers", workers, minimum=0, note="0 or None: one per fold up to the cores") or None
-    if scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"):  # before any preprocessing or folder
-        check_scheduler(scheduler or os.environ["DASK_SCHEDULER_ADDRESS"])
+    scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if scheduler:  # before any preprocessing or folder
+        check_scheduler(scheduler)
     if use_papermill is None:
         use_papermill = NOTEBOOK_PATH.is_file()
     elif use_papermill and not NOTEBOOK_PATH.is_file():

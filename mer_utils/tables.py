@@ -195,6 +195,23 @@ def weights_description(weights: str | None) -> str:
     return "from scratch (no ImageNet weights)"
 
 
+def epochs_text(epochs: int, noun: str = "epoch") -> str:
+    """"1 epoch", "12 epochs" (or "12 training epochs" with ``noun``): how reports count epochs."""
+    return f"{epochs} {noun}{'' if epochs == 1 else 's'}"
+
+
+def fold_training_note(record: Mapping, ensemble: int = 1, seed: int = 0) -> str:
+    """How one fold was trained, from its ``fold.json`` record (notebook 03's note): "12
+    training epochs", with the ensemble's networks when there are several, or "linear SVM"
+    for the LBP-TOP baseline (no epochs)."""
+    from mer_utils.train import ensemble_text
+
+    losses = record.get("epoch_losses") or []
+    if not losses:
+        return "linear SVM"
+    return epochs_text(len(losses), "training epoch") + ensemble_text(ensemble, seed)
+
+
 def training_note(experiments: Mapping[str, object]) -> str:
     """How each CropNet experiment was trained, as its folds recorded it (``fold.json``:
     "weights"): from scratch, from timm's ImageNet weights or from a local file, with its
@@ -216,7 +233,7 @@ def training_note(experiments: Mapping[str, object]) -> str:
                    for d in getattr(entry, "fold_dirs", {}).values() if (d / "fold.json").is_file()]
         used = {r.get("weights", config.pretrained_weights) for r in records} or {config.pretrained_weights}
         start = " / ".join(sorted(weights_description(w) for w in used))
-        epochs = f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}"
+        epochs = epochs_text(config.epochs)
         if config.ensemble > 1:  # several networks per fold
             epochs = (f"{config.ensemble} networks per fold (seeds {config.seed}..{config.seed + config.ensemble - 1}, "
                       f"softmax averaged), {epochs} each")

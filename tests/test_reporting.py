@@ -466,3 +466,10 @@ def test_fold_progress_prints_the_runners_lines_on_this_console(capsys, monkeypa
     assert lines[0].endswith(" s")
     assert PROGRESS_ENV not in os.environ and not Path(file).exists()
     _report_progress("after the notebook: written nowhere")  # no variable, no file, no error
+
+
+def test_fold_training_note_counts_epochs_and_names_an_ensemble_or_the_baseline():
+    assert tables.fold_training_note({"epoch_losses": [1.6]}) == "1 training epoch"
+    assert tables.fold_training_note({"epoch_losses": [1.6, 1.2]}, ensemble=2, seed=3) == (
+        "2 training epochs, 2 networks (seeds 3..4), softmax averaged")
+    assert tables.fold_training_note({"epoch_losses": []}) == "linear SVM"
