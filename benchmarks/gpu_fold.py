@@ -8,8 +8,10 @@ settings (320 px, batch 16, CGPO; ``--epochs`` fewer than the 30 to keep it shor
 default device (CUDA when available), once for each number of DataLoader processes in
 ``--loader-workers`` (default: none, then the default for this device), each in the calling
 process and, with ``--dask``, once more in a one-worker local Dask cluster as ``mer loso``
-runs it. Prints, per run: wall seconds, seconds per epoch (the first one starts the loader
-processes and, on CUDA, meets cuDNN's first use of each batch shape), recalibration and
+runs it, and with ``--side-by-side`` two more folds at the same time in a two-worker
+cluster (``mer loso --workers 2``), both sharing the device. Prints, per run: wall seconds,
+seconds per epoch (the first one starts the loader processes and, on CUDA, meets cuDNN's
+first use of each batch shape), recalibration and
 prediction seconds, peak GPU memory, and the ratio of each run's time to the first one's
 (times exclude loading the samples and images). ``--memory-format`` sets the in-process
 runs' layout; compare layouts in separate invocations, since cuDNN's kernels built in a
@@ -43,20 +45,23 @@ def _fold_in_process(config, samples, arrays, subject: str, loader_workers: int 
             "n_train": result.n_train, "losses": result.epoch_losses}
 
 
-def _fold_in_dask(config, fold: int) -> dict:
+def _folds_in_dask(config, folds: list[int]) -> list[dict]:
+    """The folds in a local Dask cluster of one worker per fold, all at a time, as ``mer loso
+    --workers N`` runs them."""
     from mer_utils.runs import run_experiment
 
     with tempfile.TemporaryDirectory() as folder:
-        result = run_experiment(config, Path(folder) / "experiment", folds=[fold], workers=1, use_papermill=False,
-                                progress=False)
+        result = run_experiment(config, Path(folder) / "experiment", folds=folds, workers=len(folds),
+                                use_papermill=False, progress=False)
         if result.failures:
             raise SystemExit(f"the Dask fold failed: {result.failures}")
-        record = json.loads((result.fold_dirs[fold] / "fold.json").read_text())
-    # the fold's wall time less loading the samples and images, as train_fold is timed in process
-    return {"wall": record["wall_time_s"] - record["seconds"]["load"], "seconds": record["seconds"],
-            "peak": record["gpu_peak_memory_mib"], "device": record["device"], "precision": record["precision"],
-            "loader": record["loader_workers"], "layout": layout(record.get("channels_last")),
-            "subject": record["subject"], "n_train": record["n_train"], "losses": record["epoch_losses"]}
+        records = [json.loads((result.fold_dirs[fold] / "fold.json").read_text()) for fold in folds]
+    # each fold's wall time less loading the samples and images, as train_fold is timed in process
+    return [{"wall": record["wall_time_s"] - record["seconds"]["load"], "seconds": record["seconds"],
+             "peak": record["gpu_peak_memory_mib"], "device": record["device"], "precision": record["precision"],
+             "loader": record["loader_workers"], "layout": layout(record.get("channels_last")),
+             "subject": record["subject"], "n_train": record["n_train"], "losses": record["epoch_losses"]}
+            for record in records]
 
 
 def main() -> None:
@@ -79,6 +84,10 @@ def main() -> None:
                         help="of the in-process runs (the Dask run keeps the default: contiguous on CUDA, "
                              "channels-last on CPU); cuDNN's first use of a layout in a process is timed too")
     parser.add_argument("--dask", action="store_true", help="also run the fold in a one-worker local Dask cluster")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="also run folds FOLD+1 and FOLD+2 at the same time in a two-worker local Dask cluster "
+                             "(two folds sharing the device; implies --dask) and print the folds per hour against "
+                             "the one-worker run")
     args = parser.parse_args()
 
     config = ExperimentConfig(root=str(args.root), protocol=args.protocol, method=args.method,
@@ -95,8 +104,13 @@ def main() -> None:
         workers = None if value.strip() == "default" else int(value)
         runs.append((f"in process, loader processes {value.strip()}",
                      _fold_in_process(config, samples, arrays, subject, workers, channels_last)))
-    if args.dask:
-        runs.append(("one-worker local Dask cluster, loader processes default", _fold_in_dask(config, args.fold)))
+    if args.dask or args.side_by_side:
+        runs.append(("one-worker local Dask cluster, loader processes default",
+                     _folds_in_dask(config, [args.fold])[0]))
+    pair = _folds_in_dask(config, [args.fold + 1, args.fold + 2]) if args.side_by_side else []
+    for k, run in enumerate(pair):
+        runs.append((f"two-worker local Dask cluster, fold {args.fold + 1 + k} beside fold {args.fold + 2 - k}, "
+                     "loader processes default", run))
     first = runs[0][1]
     print(f"\nfold {args.fold} ({first['subject']}, {first['n_train']} training clips), {config.epochs} epochs at "
           f"{config.image_size} px, batch {config.batch_size}, on {first['device']} ({first['precision']}, "
@@ -111,6 +125,12 @@ def main() -> None:
               f"{sum(rest) / max(1, len(rest)):.1f} s each; recalibrate {run['seconds'].get('recalibrate', 0):.1f} s, "
               f"predict {run['seconds'].get('predict', 0):.1f} s; peak GPU memory {peak}; "
               f"final loss {run['losses'][-1]:.3f}")
+    if pair:
+        alone = runs[-3][1]["wall"]  # the one-worker Dask run, just before the pair
+        walls = [run["wall"] for run in pair]
+        side = " and ".join(f"{wall:.1f}" for wall in walls)
+        print(f"- two folds side by side against one alone: {2 * alone / max(walls):.2f} times the folds per hour "
+              f"({alone:.1f} s alone; {side} s side by side)")
 
 
 if __name__ == "__main__":
