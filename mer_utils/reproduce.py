@@ -414,13 +414,26 @@ beside them. Results on synthetic data test the pipeline, not the method. Render
 """
 
 
+def html_exporter():
+    """nbconvert's HTMLExporter, or a ConfigError in one line where its installation cannot
+    give one (its HTML template missing, as where the package's data files were not
+    installed). ``reproduce`` asks before any notebook runs, so that is not found after them."""
+    from nbconvert import HTMLExporter
+
+    try:
+        return HTMLExporter()
+    except (ValueError, OSError) as error:  # e.g. "No template sub-directory with name 'lab' found in ..."
+        reason = str(error).splitlines()[0].rstrip(":") if str(error) else type(error).__name__
+        raise ConfigError(f"nbconvert cannot make HTML reports ({reason}): its templates are missing, so its "
+                          "installation is incomplete; reinstall nbconvert (make install), or set JUPYTER_PATH "
+                          "to the share/jupyter folder that holds nbconvert/templates") from None
+
+
 def render_reports(runs_dir: str | os.PathLike = RUNS_DIR, reports_dir: str | os.PathLike = REPORTS_DIR) -> Path:
     """Convert every executed notebook ``runs_dir/<name>/<name>.ipynb`` to ``reports_dir/<name>.html``
     (nbconvert HTMLExporter; figures are embedded) and write ``reports_dir/index.html``
     linking them, one line each: title, data, date, key numbers, notes and status. A report
     file there that the kit did not write is never replaced (ConfigError before any is written)."""
-    from nbconvert import HTMLExporter
-
     runs_dir, reports_dir = Path(runs_dir), Path(reports_dir)
     notebooks = {p: _read_executed(p) for p in sorted(runs_dir.glob("*/*.ipynb")) if p.stem == p.parent.name}
     executed = {p: nb for p, nb in notebooks.items() if nb is not None}  # each read once
@@ -434,8 +447,8 @@ def render_reports(runs_dir: str | os.PathLike = RUNS_DIR, reports_dir: str | os
         raise ConfigError(f"{', '.join(foreign)} exist{'s' if len(foreign) == 1 else ''} and "
                           f"{'was' if len(foreign) == 1 else 'were'} not written by the kit's reports: "
                           "move them or choose another reports folder (--reports-dir)")
+    exporter = html_exporter()
     output_folder(reports_dir, "reports folder")
-    exporter = HTMLExporter()
     rows = []
     for path, nb in executed.items():
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
@@ -473,6 +486,7 @@ def reproduce(data_root: str | os.PathLike = SYNTHETIC_DIR, profile: str = "synt
     data_root = data_root_dir(Path(data_root).resolve(), "--data-root")
     output_folder(runs_dir, "runs folder", create=False)  # checked before any notebook runs
     output_folder(reports_dir, "reports folder", create=False)
+    html_exporter()  # the reports can be made: checked before hours of notebooks
     if profile == "full-gpu":
         warn_without_gpu()
     outcome = run_notebooks(only, data_root=data_root, profile=profile, out_dir=runs_dir, overrides=overrides)

@@ -388,6 +388,23 @@ def test_the_gpu_profile_on_a_machine_without_one_warns_before_any_notebook(tmp_
                             reports_dir=tmp_path / "r")
 
 
+def test_nbconvert_without_its_templates_is_one_line_before_any_notebook(tmp_path, monkeypatch):
+    import nbconvert
+
+    class Broken:  # as nbconvert installed without its data files (seen on a GPU machine)
+        def __init__(self):
+            raise ValueError("No template sub-directory with name 'lab' found in the following paths:\n\t/usr/share")
+
+    ran = []
+    monkeypatch.setattr(nbconvert, "HTMLExporter", Broken)
+    monkeypatch.setattr(reproduce, "run_notebooks", lambda *a, **k: ran.append(k["profile"]) or {})
+    with pytest.raises(ConfigError, match=r"^nbconvert cannot make HTML reports \(No template sub-directory with "
+                                          r"name 'lab' found in the following paths\): .* reinstall nbconvert") as info:
+        reproduce.reproduce(data_root=tmp_path, runs_dir=tmp_path / "runs", reports_dir=tmp_path / "r")
+    assert "\n" not in str(info.value)
+    assert ran == [] and not (tmp_path / "runs").exists() and not (tmp_path / "r").exists()
+
+
 def test_profiles_set_only_declared_parameters_and_say_how_they_train():
     declared = set().union(*(set(reproduce.declared_parameters(p)) for p in reproduce.list_notebooks()))
     for name, values in reproduce.PROFILES.items():
