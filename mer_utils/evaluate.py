@@ -209,6 +209,9 @@ def _validate_frame(df: pd.DataFrame, source: str) -> None:
 def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     """Read a predictions CSV; labels, subjects and clips stay strings (``006`` is not 6)."""
     path = Path(path)
+    if path.is_dir():
+        raise EvaluationError(f"{path}: is a folder, not a predictions CSV (an experiment folder holds "
+                              "predictions.csv)")
     if not path.is_file():
         raise EvaluationError(f"{path}: predictions file not found")
     text_columns = {c: str for c in REQUIRED_COLUMNS}

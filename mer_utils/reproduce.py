@@ -213,10 +213,15 @@ def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.
     out_dir = Path(out_dir).resolve()
     overrides = dict(overrides or {})
     declared = {path: declared_parameters(path) for path in paths}
-    unknown = set(overrides) - set().union(*(set(d) for d in declared.values()))
+    known = set().union(*(set(d) for d in declared.values()))
+    unknown = set(overrides) - known
     if unknown:
+        import difflib
+
+        hints = [f"{name}: did you mean {' or '.join(close)}?" for name in sorted(unknown)
+                 if (close := difflib.get_close_matches(name, sorted(known), n=2))]
         raise ConfigError(f"override(s) {', '.join(sorted(unknown))} are parameters of none of "
-                          f"{', '.join(p.stem for p in paths)}")
+                          f"{', '.join(p.stem for p in paths)}" + (f" ({'; '.join(hints)})" if hints else ""))
     placed = sorted(set(overrides) & set(RUNNER_PLACED))
     if placed:  # the runner sets these for each notebook; an override would be dropped silently
         raise ConfigError(f"override(s) {', '.join(placed)} are set by the runner: give the data with "

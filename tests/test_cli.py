@@ -91,6 +91,12 @@ def test_metrics_on_an_empty_or_binary_file_is_one_line_and_status_2(tmp_path):
         assert "Traceback" not in result.stderr
 
 
+def test_metrics_on_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    assert main(["metrics", str(tmp_path)]) == 2  # e.g. the experiment folder instead of its predictions.csv
+    assert capsys.readouterr().err == (f"error: {tmp_path}: is a folder, not a predictions CSV (an experiment "
+                                       "folder holds predictions.csv)\n")
+
+
 def test_metrics_classes_come_from_the_protocol(tmp_path, capsys):
     path = tmp_path / "predictions.csv"
     path.write_text("dataset,subject,clip,true_label,pred_label\n"
@@ -190,6 +196,7 @@ def test_reproduce_refuses_a_mistyped_or_unknown_parameter_before_any_work(tmp_p
     assert main(args + ["-p", "ensembles", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: override(s) ensembles are parameters of none of 01_preprocessing")
+    assert err.endswith("08_predict (ensembles: did you mean ensemble?)\n")  # the closest declared name
     assert err.count("\n") == 1
     assert main(args + ["-p", "data_root", str(tmp_path / "elsewhere")]) == 2  # would be replaced silently
     assert capsys.readouterr().err.startswith("error: override(s) data_root are set by the runner")
