@@ -213,7 +213,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mer_utils.inference import format_prediction, load_model, predict_clip, predict_protocol
 
     if (args.clip is None) == (args.root is None):
-        raise MerError("mer predict needs either --clip PATH or --root DIR --protocol P --out FILE")
+        both = "; --clip and --root were both given" if args.clip is not None else ""
+        raise MerError(f"mer predict needs either --clip PATH or --root DIR --protocol P --out FILE{both}")
     if args.root is not None:
         if args.protocol is None or args.out is None:
             raise MerError("mer predict --root needs --protocol and --out (the predictions CSV to write)")

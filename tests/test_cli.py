@@ -201,3 +201,11 @@ def test_reproduce_refuses_a_mistyped_or_unknown_parameter_before_any_work(tmp_p
     assert main(args + ["-p", "data_root", str(tmp_path / "elsewhere")]) == 2  # would be replaced silently
     assert capsys.readouterr().err.startswith("error: override(s) data_root are set by the runner")
     assert not runs.exists()
+
+
+def test_predict_needs_a_clip_or_a_data_root_and_not_both(tmp_path, capsys):
+    usage = "error: mer predict needs either --clip PATH or --root DIR --protocol P --out FILE"
+    assert main(["predict", "--model", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == usage + "\n"
+    assert main(["predict", "--model", str(tmp_path), "--clip", str(tmp_path), "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == usage + "; --clip and --root were both given\n"
