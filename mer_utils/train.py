@@ -322,8 +322,7 @@ def train_fold(
     started = time.perf_counter()
     train, test = split_fold(samples, test_subject)
     _check_trainable(list(train) + list(test))
-    if not config.cgpo and min(config.batch_size, len(train)) < 2:
-        raise ConfigError("without CGPO a training batch needs >= 2 images (ReXNet's SE blocks use BatchNorm)")
+    _check_batches(len(train), config, f"fold {test_subject}")
     classes = config.classes or tuple(sorted({s.label for s in samples}))
     device = _resolve_device(config.device)
     if device.type == "cuda":
@@ -393,6 +392,16 @@ def _check_trainable(samples: Sequence[Sample]) -> None:
     for sample in samples:
         if sample.label is None:
             raise ConfigError(f"{sample.key}: no label (apply a protocol before training)")
+
+
+def _check_batches(n_train: int, config: TrainConfig, where: str) -> None:
+    """A training set the loop can take batches of: two clips at least (an epoch drops a last
+    batch of one, since BatchNorm needs two), and without CGPO a batch of two images."""
+    if n_train < 2:
+        raise ConfigError(f"{where}: {n_train} training clip{'' if n_train == 1 else 's'}; CropNet trains on "
+                          "2 or more (BatchNorm needs a batch of two)")
+    if not config.cgpo and config.batch_size < 2:
+        raise ConfigError("without CGPO a training batch needs >= 2 images (ReXNet's SE blocks use BatchNorm)")
 
 
 def _fit(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig, images: Mapping[str, np.ndarray],
@@ -507,8 +516,7 @@ def train_model(samples: Sequence[Sample], config: TrainConfig, images: Mapping[
     if not samples:
         raise ConfigError("train_model: no samples to train on")
     _check_trainable(samples)
-    if not config.cgpo and min(config.batch_size, len(samples)) < 2:
-        raise ConfigError("without CGPO a training batch needs >= 2 images (ReXNet's SE blocks use BatchNorm)")
+    _check_batches(len(samples), config, desc)
     classes = config.classes or tuple(sorted({s.label for s in samples}))
     device = _resolve_device(config.device)
     with _reproducible(config.seed, device, config.max_threads):

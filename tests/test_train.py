@@ -115,6 +115,14 @@ def test_bad_inputs_name_the_clip():
         train_fold(samples, "sub01", tiny_config(classes=CLASSES[:3]), images)
     with pytest.raises(ConfigError, match="without CGPO a training batch needs >= 2"):
         train_fold(samples, "sub01", tiny_config(cgpo=False, batch_size=1), images)
+    # one training clip: an epoch had no batch (its last batch of one is dropped) and the
+    # loss a division by zero (mer train on a one-clip set)
+    two_subjects = [s for s in samples if s.subject_id in ("sub01", "sub02")][:3]
+    assert sum(s.subject_id == "sub02" for s in two_subjects) == 1
+    with pytest.raises(ConfigError, match=r"^fold sub01: 1 training clip; CropNet trains on 2 or more"):
+        train_fold(two_subjects, "sub01", tiny_config(), images)
+    with pytest.raises(ConfigError, match=r"^train casme2: 1 training clip; CropNet trains on 2 or more"):
+        train_model(samples[:1], tiny_config(), images, desc="train casme2")
     with pytest.raises(ConfigError, match="schedule"):
         TrainConfig(schedule="linear")
 
