@@ -13,7 +13,7 @@ import time
 import warnings
 from pathlib import Path
 
-from mer_utils.errors import MerError
+from mer_utils.errors import MerError, one_line_warning
 
 
 
@@ -380,16 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    """A warning on the console is one line, "warning: ...", without the source line."""
-    return f"warning: {message}\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default", UserWarning)
-    console_format, warnings.formatwarning = warnings.formatwarning, _format_warning
+    console_format, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
         return args.func(args)
     except MerError as exc:

@@ -39,3 +39,10 @@ def check_int(name: str, value, minimum: int = 1, note: str = ""):
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ConfigError(f"{name} must be {kind}{f' ({note})' if note else ''}, got {value!r}")
     return value
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` as the kit shows warnings, on the console (``mer``) and in
+    the notebooks (``notebook.one_line_warnings``): one line, "warning: ...", without the
+    file, line number and source line of the code that raised it."""
+    return f"warning: {message}\n"

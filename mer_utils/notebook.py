@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mer_utils.errors import ConfigError
+from mer_utils.errors import ConfigError, one_line_warning
 from mer_utils.paths import data_root_dir, repo_path
 from mer_utils.provenance import data_description, report_title
 
@@ -27,10 +28,18 @@ class NotebookRun:
         return report_title(what, self.root)
 
 
+def one_line_warnings() -> None:
+    """Show this kernel's warnings as one line each ("warning: ..."), as ``mer`` does on the
+    console: a rendered report then shows the kit's message, not the file, line number and
+    source line of the call that raised it."""
+    warnings.formatwarning = one_line_warning
+
+
 def open_run(data_root: str | os.PathLike, run_dir: str | os.PathLike, quiet: bool = False) -> NotebookRun:
     """A notebook's first step: resolve ``data_root`` and ``run_dir`` (relative: from the
     repository root), check the data root is a folder, create the run folder, print both
-    with the data description."""
+    with the data description, and show warnings in one line (``one_line_warnings``)."""
+    one_line_warnings()
     root, out = data_root_dir(repo_path(data_root), "data_root"), repo_path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = NotebookRun(root, out, data_description(root))

@@ -224,6 +224,8 @@ def test_05_table3_keeps_literature_apart(runs):
     assert "synthetic data" in (folder / "table3.md").read_text().splitlines()[0]
     assert "synthetic" not in (folder / "table3_literature.md").read_text()
     assert (folder / "figure4a_confusion.png").is_file() and (folder / "table3_loss.png").is_file()
+    text = executed_text(folder, "05_megc2019_composite")  # no official list here: the kit's warning, one line
+    assert "warning: megc2019 without a sample list" in text and "UserWarning" not in text
 
 
 @pytest.mark.slow

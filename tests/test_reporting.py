@@ -388,6 +388,14 @@ def test_the_gpu_profile_on_a_machine_without_one_warns_before_any_notebook(tmp_
                             reports_dir=tmp_path / "r")
 
 
+def test_a_notebook_run_shows_warnings_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    notebook.open_run(tmp_path, tmp_path / "run", quiet=True)
+    shown = warnings.formatwarning("metrics are partial: 1 of 26 folds complete", UserWarning, "/x/runs.py", 593,
+                                   "result = run_experiment(config)")
+    assert shown == "warning: metrics are partial: 1 of 26 folds complete\n"
+
+
 def test_nbconvert_without_its_templates_is_one_line_before_any_notebook(tmp_path, monkeypatch):
     import nbconvert
 
