@@ -395,11 +395,11 @@ def _check_trainable(samples: Sequence[Sample]) -> None:
 
 
 def _check_batches(n_train: int, config: TrainConfig, where: str) -> None:
-    """A training set the loop can take batches of: two clips at least (an epoch drops a last
-    batch of one, since BatchNorm needs two), and without CGPO a batch of two images."""
+    """A training set the loop can take batches of: two clips at least (an epoch leaves out a
+    last batch of one, ``_train``), and without CGPO a batch of two images."""
     if n_train < 2:
-        raise ConfigError(f"{where}: {n_train} training clip{'' if n_train == 1 else 's'}; CropNet trains on "
-                          "2 or more (BatchNorm needs a batch of two)")
+        raise ConfigError(f"{where}: {n_train} training clip{'' if n_train == 1 else 's'}; training needs 2 or "
+                          "more (an epoch leaves out a last batch of one clip)")
     if not config.cgpo and config.batch_size < 2:
         raise ConfigError("without CGPO a training batch needs >= 2 images (ReXNet's SE blocks use BatchNorm)")
 

@@ -119,9 +119,9 @@ def test_bad_inputs_name_the_clip():
     # loss a division by zero (mer train on a one-clip set)
     two_subjects = [s for s in samples if s.subject_id in ("sub01", "sub02")][:3]
     assert sum(s.subject_id == "sub02" for s in two_subjects) == 1
-    with pytest.raises(ConfigError, match=r"^fold sub01: 1 training clip; CropNet trains on 2 or more"):
+    with pytest.raises(ConfigError, match=r"^fold sub01: 1 training clip; training needs 2 or more"):
         train_fold(two_subjects, "sub01", tiny_config(), images)
-    with pytest.raises(ConfigError, match=r"^train casme2: 1 training clip; CropNet trains on 2 or more"):
+    with pytest.raises(ConfigError, match=r"^train casme2: 1 training clip; training needs 2 or more"):
         train_model(samples[:1], tiny_config(), images, desc="train casme2")
     with pytest.raises(ConfigError, match="schedule"):
         TrainConfig(schedule="linear")
