@@ -104,9 +104,9 @@ def main() -> None:
         workers = None if value.strip() == "default" else int(value)
         runs.append((f"in process, loader processes {value.strip()}",
                      _fold_in_process(config, samples, arrays, subject, workers, channels_last)))
-    if args.dask or args.side_by_side:
-        runs.append(("one-worker local Dask cluster, loader processes default",
-                     _folds_in_dask(config, [args.fold])[0]))
+    alone = _folds_in_dask(config, [args.fold])[0] if args.dask or args.side_by_side else None
+    if alone is not None:
+        runs.append(("one-worker local Dask cluster, loader processes default", alone))
     pair = _folds_in_dask(config, [args.fold + 1, args.fold + 2]) if args.side_by_side else []
     for k, run in enumerate(pair):
         runs.append((f"two-worker local Dask cluster, fold {args.fold + 1 + k} beside fold {args.fold + 2 - k}, "
@@ -126,11 +126,10 @@ def main() -> None:
               f"predict {run['seconds'].get('predict', 0):.1f} s; peak GPU memory {peak}; "
               f"final loss {run['losses'][-1]:.3f}")
     if pair:
-        alone = runs[-3][1]["wall"]  # the one-worker Dask run, just before the pair
         walls = [run["wall"] for run in pair]
         side = " and ".join(f"{wall:.1f}" for wall in walls)
-        print(f"- two folds side by side against one alone: {2 * alone / max(walls):.2f} times the folds per hour "
-              f"({alone:.1f} s alone; {side} s side by side)")
+        print(f"- two folds side by side against one alone: {2 * alone['wall'] / max(walls):.2f} times the folds "
+              f"per hour ({alone['wall']:.1f} s alone; {side} s side by side)")
 
 
 if __name__ == "__main__":
