@@ -511,19 +511,19 @@ def _augmentation(training: dict) -> str:
 def model_summary(model: LoadedModel) -> str:
     """The model in one line for a report's summary, from its card: samples, epochs, input
     size, networks, weights."""
-    from mer_utils.train import ensemble_text
+    from mer_utils.tables import ensemble_text, epochs_text
 
     card = model.card
-    epochs = card["training"]["epochs"]
     networks = ensemble_text(card["model"].get("ensemble", 1), card["training"]["seed"])
-    return (f"{card['training_data']['n_samples']} samples, {epochs} epoch{'' if epochs == 1 else 's'} at "
+    return (f"{card['training_data']['n_samples']} samples, {epochs_text(card['training']['epochs'])} at "
             f"{card['model']['image_size']} px{networks}, "
             f"backbone {'pretrained' if card['model']['pretrained'] else 'from scratch'}")
 
 
 def card_table(model: LoadedModel) -> pd.DataFrame:
     """The model card as a two-column table (field, value) for a report."""
-    from mer_utils.train import AUGMENTATION_TEXT, ensemble_text
+    from mer_utils.tables import ensemble_text
+    from mer_utils.train import AUGMENTATION_TEXT
 
     card = model.card
     rows = {

@@ -200,12 +200,16 @@ def epochs_text(epochs: int, noun: str = "epoch") -> str:
     return f"{epochs} {noun}{'' if epochs == 1 else 's'}"
 
 
+def ensemble_text(ensemble: int, seed: int) -> str:
+    """How reports name an ensemble after a model's other settings: "" for one network,
+    else ", 2 networks (seeds 0..1), softmax averaged"."""
+    return "" if ensemble == 1 else f", {ensemble} networks (seeds {seed}..{seed + ensemble - 1}), softmax averaged"
+
+
 def fold_training_note(record: Mapping, ensemble: int = 1, seed: int = 0) -> str:
     """How one fold was trained, from its ``fold.json`` record (notebook 03's note): "12
     training epochs", with the ensemble's networks when there are several, or "linear SVM"
     for the LBP-TOP baseline (no epochs)."""
-    from mer_utils.train import ensemble_text
-
     losses = record.get("epoch_losses") or []
     if not losses:
         return "linear SVM"

@@ -200,12 +200,6 @@ class _ImageSet(Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
-def ensemble_text(ensemble: int, seed: int) -> str:
-    """How reports name an ensemble after a model's other settings: "" for one network,
-    else ", 2 networks (seeds 0..1), softmax averaged"."""
-    return "" if ensemble == 1 else f", {ensemble} networks (seeds {seed}..{seed + ensemble - 1}), softmax averaged"
-
-
 def build_transform(image_size: int, augmentation: str = "none") -> v2.Compose:
     """Resize to the network's input, then the training augmentation (in this order), then
     ImageNet normalisation. Resizing first augments the pixels the network sees (and costs a
