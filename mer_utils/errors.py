@@ -2,7 +2,15 @@
 
 
 class MerError(Exception):
-    """Base class: the CLI prints these as one line and exits with status 2."""
+    """Base class: the CLI prints these as one line and exits with status 2; a notebook cell
+    (Jupyter, papermill, the HTML reports) shows them as one line too."""
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython's hook for an exception's own traceback (``InteractiveShell.showtraceback``):
+        the kit's errors already name the file, row, clip or setting at fault, so a notebook
+        shows "DatasetError: data root ... does not exist: ..." without the frames of the
+        kit's code that raised it. Other exceptions keep IPython's full traceback."""
+        return [f"{type(self).__name__}: {self}"]
 
 
 class DatasetError(MerError, ValueError):

@@ -293,3 +293,29 @@ def test_executed_notebooks_render_to_an_index(runs, tmp_path):
             line = next(row for row in html.splitlines() if f'href="{name}.html"' in row)
             assert "synthetic data" in line and ">ok<" in line
             assert "synthetic data" in (tmp_path / "reports" / f"{name}.html").read_text()
+
+
+def test_a_kit_error_is_one_line_in_the_executed_notebook(tmp_path):
+    """A bad input found in a notebook cell (here a clip's frames, raised as the readers raise
+    it) shows as the kit's one line in the executed notebook and in papermill's error, not as
+    the frames of the kit's code; an error that is not the kit's keeps IPython's traceback."""
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "python3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell("from mer_utils.errors import DatasetError\n"
+                                          "def read_clip():\n"
+                                          "    raise DatasetError('clip sub01/EP02_01f: onset 46 is after offset 40')"),
+                nbformat.v4.new_code_cell("try:\n    int('x')\nexcept ValueError as err:\n"
+                                          "    get_ipython().showtraceback()"),
+                nbformat.v4.new_code_cell("read_clip()")]
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    with pytest.raises(papermill.PapermillExecutionError) as caught:
+        papermill.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                   progress_bar=False)
+    line = "DatasetError: clip sub01/EP02_01f: onset 46 is after offset 40"
+    assert caught.value.traceback == [line]
+    assert str(caught.value).strip().endswith(line)
+    cells = [cell for cell in nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+             if cell.cell_type == "code"]  # papermill puts a markdown cell on top that links the error
+    assert [o.traceback for o in cells[2].outputs if o.output_type == "error"] == [[line]]
+    other = [o for o in cells[1].outputs if o.output_type == "error"]  # a ValueError: IPython's own traceback
+    assert other and len(other[0].traceback) > 1 and "ValueError" in other[0].traceback[-1]
