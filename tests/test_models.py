@@ -220,6 +220,43 @@ def test_an_unreachable_hub_fails_at_once_and_reads_only_the_cache(monkeypatch):
     assert cropnet.hub_unreachable() is None
 
 
+def test_a_cached_imagenet_copy_loads_when_the_hub_cannot_be_reached(tmp_path, monkeypatch):
+    """Offline with a copy of timm's ImageNet weights in the Hugging Face cache (as one online
+    run leaves it): the backbone starts from that copy, read from the cache alone. The copy is
+    made here (random weights under timm's file name for rexnet_100); no test needs the network."""
+    import socket
+
+    import timm
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from mer_utils.models import cropnet
+
+    torch.manual_seed(1)
+    source = timm.create_model("rexnet_100")  # with timm's 1000-class head, as the Hub's file holds it
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    repo = tmp_path / "hub" / "models--timm--rexnet_100.nav_in1k"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file(state, str(snapshot / "model.safetensors"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    def refuse(address, timeout=None):
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    model = cropnet.CropNet(num_classes=5, image_size=64, pretrained_weights="imagenet")
+    loaded = model.backbone.state_dict()
+    assert model.pretrained and constants.HF_HUB_OFFLINE is False
+    assert set(loaded) == {k for k in state if not k.startswith("head.fc.")}
+    assert all(torch.equal(loaded[k], state[k]) for k in loaded)
+
+
 def test_a_long_download_error_is_cut_at_a_word():
     from mer_utils.models.cropnet import _imagenet_error
 
