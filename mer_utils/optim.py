@@ -133,10 +133,7 @@ class AdamP(Optimizer):
         if channel_max < delta / math.sqrt(size):
             # u -= p_hat <p_hat, u> with p_hat = p / (|p| + eps), per channel (the same on -u)
             coefficient = torch.linalg.vecdot(p2, direction.reshape(channels, -1), dim=1) / p_norms.add(eps).square()
-            if direction.is_contiguous():  # in place, without a temporary of p's size (3-4 times faster)
-                direction.view(channels, -1).addcmul_(p2, coefficient.unsqueeze(1), value=-1)
-            else:
-                direction.sub_((p2 * coefficient.unsqueeze(1)).view(direction.shape))
+            direction.sub_((p2 * coefficient.unsqueeze(1)).view(direction.shape))
             return wd_ratio
         if layer < delta / math.sqrt(p.numel()):
             coefficient = torch.dot(p.reshape(-1), direction.reshape(-1)) / p_norm.add(eps).square()
