@@ -96,6 +96,17 @@ def chance_note(metrics: Mapping, clips: str = "these clips") -> str:
             f"{majority['accuracy']:.{DECIMALS}f} (always the most frequent class)")
 
 
+def chance_summary(table: pd.DataFrame, column: str = "UF1", what: str = "") -> str:
+    """The chance rows of a computed table (:func:`results_table`, :func:`megc_table`: the
+    rows whose ``folds`` is "chance") as one note for the reports' index, beside the key
+    numbers it lists: "Table 2: chance UF1 0.1938 (uniform random guess), 0.1040 (always
+    'others')" with ``what`` "Table 2"."""
+    chance = table[table["folds"] == "chance"]
+    parts = [f"{float(value):.{DECIMALS}f} ({str(label).removeprefix('chance: ')})"
+             for label, value in zip(chance.index, chance[column])]
+    return f"{what + ': ' if what else ''}chance {column} " + ", ".join(parts)
+
+
 def _folds_done(metrics: Mapping) -> str:
     folds = metrics.get("folds") or {}
     return f"{folds['completed']}/{folds['total']}" if "completed" in folds and "total" in folds else "-"

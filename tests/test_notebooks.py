@@ -208,6 +208,9 @@ def test_04_table2_computes_three_rows_and_figure_4b(runs):
                "at 32 px, the paper's flip and rotation only, tested with BatchNorm statistics of the un-augmented "
                "training images" in note
                for note in summary["notes"])
+    uniform, majority = table2.index[3], table2.index[4]  # the index's line states Table 2's chance UF1
+    assert (f"Table 2: chance UF1 {table2.loc[uniform, 'UF1']:.4f} (uniform random guess), "
+            f"{table2.loc[majority, 'UF1']:.4f} ({majority.removeprefix('chance: ')})") in summary["notes"]
 
 
 @pytest.mark.slow
@@ -226,6 +229,9 @@ def test_05_table3_keeps_literature_apart(runs):
     assert (folder / "figure4a_confusion.png").is_file() and (folder / "table3_loss.png").is_file()
     text = executed_text(folder, "05_megc2019_composite")  # no official list here: the kit's warning, one line
     assert "warning: megc2019 without a sample list" in text and "UserWarning" not in text
+    notes = json.loads((folder / "summary.json").read_text())["notes"]
+    uniform = table3.loc["chance: uniform random guess", "UF1 full"]
+    assert any(note.startswith(f"Table 3: chance UF1 full {uniform:.4f} (uniform random guess), ") for note in notes)
 
 
 @pytest.mark.slow
@@ -252,6 +258,10 @@ def test_06_table4_and_figure5(runs):
     notes = json.loads((folder / "summary.json").read_text())["notes"]  # how Table 4's and Figure 5's rows trained
     assert any(note.endswith(": ARS + CropNet with CGPO, ARS + CropNet without CGPO.") for note in notes), notes
     assert any(note.startswith("CropNet trained from scratch") and note.endswith(": N_key 5.") for note in notes), notes
+    assert any(note.startswith(f"Table 4: chance UF1 {table4.loc['chance: uniform random guess', 'UF1']:.4f} ")
+               for note in notes), notes
+    assert any(note.startswith(f"Figure 5: chance UF1 {curve.loc['chance: uniform random guess', 'UF1']:.4f} ")
+               for note in notes), notes
 
 
 @pytest.mark.slow

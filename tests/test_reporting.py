@@ -145,6 +145,16 @@ def test_tables_state_the_chance_level_of_their_test_samples(composite_metrics):
         f"chance accuracy on them {1 / k:.4f} (uniform random guess), {share.max():.4f} (always the most frequent class)")
 
 
+
+def test_chance_summary_is_the_tables_chance_rows_in_one_line(composite_metrics):
+    """The reports' index lists a notebook's key numbers beside its table's chance levels."""
+    table = tables.results_table({"ARS + CropNet": composite_metrics})
+    majority = table.index[-1]
+    expected = (f"Table 3: chance UF1 {table.loc['chance: uniform random guess', 'UF1']:.4f} (uniform random guess), "
+                f"{table.loc[majority, 'UF1']:.4f} ({majority.removeprefix('chance: ')})")
+    assert tables.chance_summary(table, "UF1", "Table 3") == expected
+    assert tables.chance_summary(table, "UAR").startswith("chance UAR 0.3333 (uniform random guess), ")
+
 def test_results_table_rejects_what_is_not_a_result():
     with pytest.raises(ConfigError, match="metrics dict"):
         tables.results_table({"row": {"uf1": 0.5}})
