@@ -403,6 +403,27 @@ def _index_row(path: Path, nb, report_name: str) -> str:
     return f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
 
+def result_lines(runs_dir: str | os.PathLike, names: Iterable[str]) -> list[str]:
+    """What the notebooks ``names`` computed, as ``reproduce`` prints it on the console after
+    the reports: a line naming the data, then one line per notebook with the key numbers of
+    its ``summary.json`` and its tables' chance levels (the notes that state them), e.g.
+    "  04_casme2_5class: ARS + CropNet UF1 0.6993; ... | Table 2: chance UF1 0.1938 (...)"."""
+    lines, data = [], set()
+    for name in names:
+        path = Path(runs_dir) / name / SUMMARY_FILE
+        if not path.is_file():
+            continue
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        data.add(summary.get("data", ""))
+        numbers = "; ".join(f"{k} {_format_number(v)}" for k, v in summary.get("key_numbers", {}).items())
+        chance = [note for note in summary.get("notes", []) if "chance" in note]
+        lines.append(f"  {name}: {numbers or '-'}" + "".join(f" | {note}" for note in chance))
+    if not lines:
+        return []
+    where = "; ".join(sorted(d for d in data if d)) or "the data named in each report"
+    return [f"results on {where}:"] + lines
+
+
 _INDEX_TEMPLATE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8">{mark}<title>mer-residual reports</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
@@ -496,6 +517,8 @@ def reproduce(data_root: str | os.PathLike = SYNTHETIC_DIR, profile: str = "synt
         warn_without_gpu()
     outcome = run_notebooks(only, data_root=data_root, profile=profile, out_dir=runs_dir, overrides=overrides)
     index = render_reports(runs_dir, reports_dir)
+    for line in result_lines(runs_dir, [name for name, run in outcome.items() if not run["error"]]):
+        print(line, flush=True)
     failed = {name: run for name, run in outcome.items() if run["error"]}
     if failed:
         listed = "; ".join(f"{name} ({run['error']}, see {run['output']})" for name, run in failed.items())

@@ -325,6 +325,20 @@ def test_run_notebooks_passes_profile_overrides_and_absolute_paths(executed_runs
     assert summary["key_numbers"] == {"UF1": 0.5} and summary["data"].startswith("synthetic data")
 
 
+def test_result_lines_give_the_key_numbers_and_chance_levels_on_the_console(executed_runs, tmp_path):
+    """What `mer reproduce` prints after the reports: the data, then one line per notebook
+    that ran, with its chance notes (not its other notes); a failed notebook has no line."""
+    base, _, _ = executed_runs
+    lines = reproduce.result_lines(base / "runs", ["00_tiny", "09_broken"])
+    assert lines[0].startswith("results on synthetic data") and lines[1:] == ["  00_tiny: UF1 0.5000"]
+    reproduce.write_summary(tmp_path / "04_table", "Table", base / "data", {"ARS UF1": 0.69934, "n": 37},
+                            notes=["CropNet trained from scratch, 12 epochs",
+                                   "Table 2: chance UF1 0.1938 (uniform random guess)"])
+    assert reproduce.result_lines(tmp_path, ["04_table"])[1] == (
+        "  04_table: ARS UF1 0.6993; n 37 | Table 2: chance UF1 0.1938 (uniform random guess)")
+    assert reproduce.result_lines(tmp_path, ["missing"]) == []
+
+
 def test_failed_notebook_is_reported_and_others_still_run(executed_runs):
     _, outcome, _ = executed_runs
     assert "ValueError" in outcome["09_broken"]["error"]
