@@ -270,6 +270,12 @@ def test_07_tsne_has_four_panels_and_their_separation(runs):
     separation = table(folder, "figure6_silhouette")
     assert list(separation.index) == ["ARS", "RRS", "Farneback", "TV-L1"]
     assert separation["silhouette"].between(-1, 1).all()
+    mean, high = separation["chance: shuffled labels, mean"], separation["chance: shuffled labels, 95th percentile"]
+    assert mean.between(-1, 1).all() and (mean <= high).all()  # each map's chance level beside its silhouette
+    notes = json.loads((folder / "summary.json").read_text())["notes"]
+    assert notes == [f"chance silhouette (labels shuffled), mean / 95th percentile: ARS {mean['ARS']:.4f} / "
+                     f"{high['ARS']:.4f}; " + "; ".join(f"{m} {mean[m]:.4f} / {high[m]:.4f}"
+                                                       for m in ("RRS", "Farneback", "TV-L1"))]
     assert (folder / "figure6_tsne.png").stat().st_size > 10_000
 
 

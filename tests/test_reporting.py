@@ -248,7 +248,9 @@ def test_tsne_separates_separated_classes_and_is_deterministic():
     assert first.shape == (16, 2)
     np.testing.assert_allclose(first, tsne.tsne_embedding(images, size=8, seed=1))
     separation = tsne.class_separation({"ARS": first}, labels)
-    assert separation.loc["ARS", "silhouette"] > 0.5
+    assert separation.loc["ARS", "silhouette"] > 0.5  # far above what the same map gives with shuffled labels
+    assert separation.loc["ARS", tsne.CHANCE_MEAN] < separation.loc["ARS", tsne.CHANCE_HIGH] < 0.5
+    assert separation.equals(tsne.class_separation({"ARS": first}, labels))  # seeded shuffles
     with pytest.raises(ConfigError, match="at least 4"):
         tsne.tsne_embedding(images[:3])
     for bad, message in (({"size": 0}, "tsne_size must be a positive integer, got 0"),
