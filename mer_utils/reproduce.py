@@ -383,6 +383,11 @@ def _format_number(value) -> str:
     return str(int(value)) if isinstance(value, float) else str(value)
 
 
+def _numbers_text(summary: Mapping) -> str:
+    """A summary's key numbers as the index and the console show them: "UF1 0.6993; n 37"."""
+    return "; ".join(f"{k} {_format_number(v)}" for k, v in summary.get("key_numbers", {}).items())
+
+
 def _index_row(path: Path, nb, report_name: str) -> str:
     summary_path = path.parent / SUMMARY_FILE
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
@@ -394,7 +399,7 @@ def _index_row(path: Path, nb, report_name: str) -> str:
     finished = (nb.metadata.get("papermill", {}).get("end_time")
                 or _dt.datetime.fromtimestamp(path.stat().st_mtime).isoformat())
     date = str(finished)[:16].replace("T", " ")
-    numbers = "; ".join(f"{k} {_format_number(v)}" for k, v in summary.get("key_numbers", {}).items())
+    numbers = _numbers_text(summary)
     notes = " ".join(summary.get("notes", []))
     cells = [f'<a href="{html.escape(report_name)}">{html.escape(path.stem)}</a>', html.escape(title),
              html.escape(data), html.escape(date), html.escape(numbers or "-"),
@@ -415,7 +420,7 @@ def result_lines(runs_dir: str | os.PathLike, names: Iterable[str]) -> list[str]
             continue
         summary = json.loads(path.read_text(encoding="utf-8"))
         data.add(summary.get("data", ""))
-        numbers = "; ".join(f"{k} {_format_number(v)}" for k, v in summary.get("key_numbers", {}).items())
+        numbers = _numbers_text(summary)
         chance = [note for note in summary.get("notes", []) if "chance" in note]
         lines.append(f"  {name}: {numbers or '-'}" + "".join(f" | {note}" for note in chance))
     if not lines:

@@ -66,6 +66,9 @@ def results_table(experiments: Mapping[str, object], chance: bool = True) -> pd.
     return table.round(DECIMALS)
 
 
+CHANCE_ROW = "chance: "  # how the chance rows of a computed table are named ("chance: uniform random guess")
+
+
 def chance_rows(metrics: Mapping) -> dict[str, dict]:
     """The chance levels of a metrics dict's test samples (its confusion matrix's true
     counts), as two labelled rows: "chance: uniform random guess" and "chance: always
@@ -78,7 +81,7 @@ def chance_rows(metrics: Mapping) -> dict[str, dict]:
 
     overall = support(metrics["confusion"])
     majority = list(metrics["classes"])[int(overall.argmax())]
-    names = {"uniform": "chance: uniform random guess", "majority": f"chance: always {majority!r}"}
+    names = {"uniform": f"{CHANCE_ROW}uniform random guess", "majority": f"{CHANCE_ROW}always {majority!r}"}
     rows = {names[key]: dict(values) for key, values in chance_scores(overall).items()}
     for dataset, scores in (metrics.get("per_dataset") or {}).items():
         per = chance_scores(support(scores["confusion"]))
@@ -102,7 +105,7 @@ def chance_summary(table: pd.DataFrame, column: str = "UF1", what: str = "") -> 
     numbers it lists: "Table 2: chance UF1 0.1938 (uniform random guess), 0.1040 (always
     'others')" with ``what`` "Table 2"."""
     chance = table[table["folds"] == "chance"]
-    parts = [f"{float(value):.{DECIMALS}f} ({str(label).removeprefix('chance: ')})"
+    parts = [f"{float(value):.{DECIMALS}f} ({str(label).removeprefix(CHANCE_ROW)})"
              for label, value in zip(chance.index, chance[column])]
     return f"{what + ': ' if what else ''}chance {column} " + ", ".join(parts)
 
