@@ -251,11 +251,8 @@ def training_note(experiments: Mapping[str, object]) -> str:
                    for d in getattr(entry, "fold_dirs", {}).values() if (d / "fold.json").is_file()]
         used = {r.get("weights", config.pretrained_weights) for r in records} or {config.pretrained_weights}
         start = " / ".join(sorted(weights_description(w) for w in used))
-        epochs = epochs_text(config.epochs)
-        if config.ensemble > 1:  # several networks per fold
-            epochs = (f"{config.ensemble} networks per fold (seeds {config.seed}..{config.seed + config.ensemble - 1}, "
-                      f"softmax averaged), {epochs} each")
-        how = (f"CropNet trained {start}, {epochs} (fixed before the run), lr {config.lr:g} "
+        how = (f"CropNet trained {start}, {epochs_text(config.epochs)} (fixed before the run)"
+               f"{ensemble_text(config.ensemble, config.seed)}, lr {config.lr:g} "
                f"(fully connected layers {config.fc_lr:g}), batch {config.batch_size}, at {config.image_size} px, "
                f"{AUGMENTATION_TEXT[config.augmentation]}")
         if config.recalibrate_bn:

@@ -173,6 +173,9 @@ def test_01_preprocessing_shows_one_clip_and_fills_the_cache(runs):
         assert (folder / png).stat().st_size > 10_000
     text = executed_text(folder, "01_preprocessing")
     assert "key frames (N_key = 5)" in text and "synthetic data" in text
+    numbers = json.loads((folder / reproduce.SUMMARY_FILE).read_text(encoding="utf-8"))["key_numbers"]
+    assert numbers["ARS images"] == CASME2_SAMPLES
+    assert isinstance(numbers["wall s, all methods"], int)  # whole seconds in the index, not "3.5680"
 
 
 @pytest.mark.slow

@@ -218,8 +218,8 @@ def test_training_note_reads_the_fold_records(tmp_path):
     geometric = ExperimentResult(config.replace(augmentation="geometric"), tmp_path, {}, fold_dirs={0: fold})
     assert "at 64 px, the paper's flip and rotation only, tested" in tables.training_note({"x": geometric})
     ensemble = ExperimentResult(config.replace(ensemble=2), tmp_path, {}, fold_dirs={0: fold})
-    assert ("2 networks per fold (seeds 0..1, softmax averaged), 3 epochs each (fixed before the run)"
-            in tables.training_note({"x": ensemble}))
+    assert ("3 epochs (fixed before the run), 2 networks (seeds 0..1), softmax averaged, lr"
+            in tables.training_note({"x": ensemble}))  # the wording of tables.ensemble_text, as fold and model notes
 
 
 # ----------------------------------------------------------------------------- figures and numbers
