@@ -89,6 +89,10 @@ def test_the_repository_stands_alone():
                  if p.suffix in (".py", ".md", ".ipynb", ".toml", ".yml", ".txt", "") and p.name != "test_structure.py"
                  and outside.search(p.read_text(encoding="utf-8", errors="replace"))]
     assert not offenders, f"files pointing outside the repository: {offenders}"
+    machine = re.compile(r"(?<![\w.])/(?:tmp|work|root|home)\b")  # a developer's paths, in what users read
+    offenders = [str(p.relative_to(REPO)) for p in repository_files()
+                 if p.suffix in (".md", ".ipynb") and machine.search(p.read_text(encoding="utf-8", errors="replace"))]
+    assert not offenders, f"documents naming paths of the machine they were written on: {offenders}"
 
 
 def test_method_doc_names_an_existing_function_for_each_equation():
