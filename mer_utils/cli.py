@@ -192,9 +192,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_predictions_target(out: Path) -> None:
-    """--out may be a new file or a predictions table the kit wrote (its header), never a
-    folder or a file of the user's, checked before any clip is predicted."""
+def _check_predictions_target(out: Path, overwrite: bool = False) -> None:
+    """--out may be a new file, or with ``overwrite`` a predictions table the kit wrote (its
+    header); never a folder or a file of the user's. Checked before any clip is predicted."""
     from mer_utils.evaluate import REQUIRED_COLUMNS
 
     if out.is_dir():
@@ -207,6 +207,9 @@ def _check_predictions_target(out: Path) -> None:
         if not header.startswith(",".join(REQUIRED_COLUMNS)):
             raise MerError(f"--out {out} exists and is not a predictions table written by the kit: "
                            "move it or choose another file")
+        if not overwrite:
+            raise MerError(f"--out {out} already exists (a predictions table): choose another file, or replace it "
+                           "with --overwrite")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -220,11 +223,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise MerError("mer predict --root needs --protocol and --out (the predictions CSV to write)")
         if any(v is not None for v in (args.onset, args.apex, args.offset)):
             raise MerError("--onset/--apex/--offset apply to --clip only; a data root carries its annotations")
-        _check_predictions_target(Path(args.out))
+        _check_predictions_target(Path(args.out), args.overwrite)
     else:  # a clip is predicted as the model was trained; options that only shape a data root's run would be ignored
         root_only = {"--protocol": args.protocol, "--megc-list": args.megc_list, "--apex-mode": args.apex_mode,
                      "--method": args.method, "--n-key": args.n_key, "--face-crop": args.face_crop,
-                     "--cache-dir": args.cache_dir, "--out": args.out}
+                     "--cache-dir": args.cache_dir, "--out": args.out, "--overwrite": args.overwrite or None}
         given = [flag for flag, value in root_only.items() if value is not None]
         if given:
             raise MerError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --root only: "
@@ -375,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="preprocessing cache (default: <root>/../interim/cache)")
     p.add_argument("--workers", type=int, default=1, help="preprocessing processes")
-    p.add_argument("--out", type=Path, default=None, help="with --root: predictions CSV to write")
+    p.add_argument("--out", type=Path, default=None, help="with --root: predictions CSV to write (a new file)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --root: replace --out when it is a predictions table the kit wrote earlier")
     p.set_defaults(func=cmd_predict)
     return parser
 

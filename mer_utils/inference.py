@@ -24,6 +24,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,7 +45,8 @@ CARD_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FORMAT = "mer-residual model"
 CARD_FORMAT_VERSION = 1
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
+TRUNCATED_FRACTION = 0.9  # a video decoding fewer frames than this share of its header's count is refused
 CLIP_DATASET = "clip"  # Sample.dataset of a clip given by path (not from a dataset folder)
 
 
@@ -72,8 +74,10 @@ class LoadedModel:
 
 
 def _training_data(root: Path, samples: Sequence[Sample]) -> dict:
+    from mer_utils.preprocess import clip_window
     from mer_utils.provenance import data_description, is_synthetic
 
+    spans = [end - start for start, end in (clip_window(s.onset, s.apex, s.offset) for s in samples)]
     return {
         "root": str(root),
         "description": data_description(root),
@@ -82,6 +86,7 @@ def _training_data(root: Path, samples: Sequence[Sample]) -> dict:
         "n_subjects": len({s.subject_id for s in samples}),
         "datasets": dict(sorted(Counter(s.dataset for s in samples).items())),
         "class_counts": dict(sorted(Counter(s.label for s in samples).items())),
+        "window_frames": [min(spans), max(spans)] if spans else [],  # end - start of the clip windows (eq. 1-2)
     }
 
 
@@ -176,6 +181,9 @@ def load_model(folder: str | Path) -> LoadedModel:
     from mer_utils.train import TrainConfig, build_model
 
     folder = Path(folder)
+    if folder.is_file():
+        raise ConfigError(f"--model {folder} is a file: give the model folder that holds {CARD_FILE} and {WEIGHTS_FILE}"
+                          + (f" ({folder.parent})" if folder.name in (CARD_FILE, WEIGHTS_FILE) else ""))
     if not folder.is_dir():
         raise ConfigError(f"model folder {folder} does not exist (write one with `mer train ... --out {folder}`)")
     missing = [name for name in (CARD_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
@@ -288,7 +296,10 @@ def read_clip(path: str | Path) -> Iterator[Clip]:
 
 
 def decode_video(path: Path, folder: Path) -> list[Path]:
-    """Every frame of the video ``path`` as lossless ``frame_<n>.bmp`` in ``folder`` (n from 0)."""
+    """Every frame of the video ``path`` as lossless ``frame_<n>.bmp`` in ``folder`` (n from 0).
+    PreprocessError naming the video when it cannot be opened, holds no frame, or decoding
+    stops well before the frame count its header declares (a truncated or damaged file,
+    which would otherwise pass as a shorter clip)."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # quiet: a bad file is reported once, below
     import cv2
 
@@ -297,6 +308,7 @@ def decode_video(path: Path, folder: Path) -> list[Path]:
     try:
         if not capture.isOpened():
             raise PreprocessError(f"clip {path}: OpenCV cannot open this video (unreadable or unknown codec)")
+        declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # the header's count; an estimate in some containers
         while True:
             ok, frame = capture.read()
             if not ok:
@@ -309,6 +321,9 @@ def decode_video(path: Path, folder: Path) -> list[Path]:
         capture.release()
     if not frames:
         raise PreprocessError(f"clip {path}: no frame could be decoded (unreadable video or unknown codec)")
+    if declared > 0 and len(frames) < TRUNCATED_FRACTION * declared:
+        raise PreprocessError(f"clip {path}: decoding stopped after {len(frames)} of the {declared} frames its header "
+                              "declares: the file looks truncated or damaged (re-export or re-copy it)")
     return frames
 
 
@@ -368,7 +383,7 @@ def clip_sample(clip: Clip, onset: int | None = None, apex: int | None = None, o
 @dataclass
 class ClipPrediction:
     """What ``predict_clip`` found: the class, each class's probability, the window, where
-    the apex came from, and the pictures the notebook shows."""
+    the apex came from, the model that predicted it, and the pictures the notebook shows."""
 
     clip: str
     label: str
@@ -380,56 +395,130 @@ class ClipPrediction:
     image: np.ndarray = field(repr=False)  # the preprocessed (ARS, ...) image fed to CropNet
     curve: object = field(default=None, repr=False)  # spotting.SpottedApex when spotted
     key_frames: list[int] = field(default_factory=list)
+    model: dict = field(default_factory=dict)  # model_identity(): folder, protocol, method, training data, weights
 
     def to_json(self) -> dict:
         return {"clip": self.clip, "label": self.label,
                 "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
-                "onset": self.onset, "apex": self.apex, "offset": self.offset, "apex_source": self.apex_source}
+                "onset": self.onset, "apex": self.apex, "offset": self.offset, "apex_source": self.apex_source,
+                "key_frames": list(self.key_frames), "model": dict(self.model)}
+
+
+def model_identity(model: LoadedModel) -> dict:
+    """Which model made a prediction, from its card: folder, protocol, method, what it was
+    trained on (and whether that was synthetic) and its weights' checksum."""
+    card = model.card
+    data = card.get("training_data", {})
+    return {"folder": str(model.folder), "protocol": card.get("protocol"), "method": model.preprocessing["method"],
+            "trained_on": data.get("description"), "synthetic": data.get("synthetic"),
+            "weights_sha256": card.get("weights", {}).get("sha256")}
+
+
+def _consecutive(numbers: Sequence[int]) -> bool:
+    return numbers[-1] - numbers[0] + 1 == len(numbers)
+
+
+def _clip_text(message: str, clip: Clip, sample: Sample) -> str:
+    """A message about a clip given by path, naming the path (not the Sample's key) and a
+    video's frames by number (not the temporary files they were decoded to)."""
+    message = message.replace(f"clip {sample.key}", f"clip {clip.path}").replace(sample.key, str(clip.path))
+    if clip.is_video:
+        decoded = re.escape(str(clip.frames[0].parent)) + r"/frame_0*(\d+)\.bmp"
+        message = re.sub(r"\(" + decoded + r"\)", lambda m: f"(video frame {int(m.group(1))})", message)
+        message = re.sub(decoded, lambda m: f"(video frame {int(m.group(1))})", message)
+    return message
+
+
+def _reissue(caught: Sequence[warnings.WarningMessage], clip: Clip, sample: Sample) -> None:
+    """The preprocessing's warnings again, naming the clip's path; warnings that differ only in
+    their numbers (one per frame) are given once, with how many more there were."""
+    firsts: dict[str, tuple[str, type, int]] = {}
+    for item in caught:
+        text = _clip_text(str(item.message), clip, sample)
+        shape = re.sub(r"\d+(\.\d+)?", "#", text)
+        first = firsts.get(shape)
+        firsts[shape] = (text, item.category, 1) if first is None else (first[0], first[1], first[2] + 1)
+    for text, category, count in firsts.values():
+        more = f" (and {count - 1} more like it)" if count > 1 else ""
+        warnings.warn(text + more, category, stacklevel=3)
 
 
 def predict_clip(model: LoadedModel, path: str | Path, onset: int | None = None, apex: int | None = None,
                  offset: int | None = None) -> ClipPrediction:
     """Class probabilities of the clip at ``path`` (``read_clip``): window onset..offset (the
     whole clip by default), apex as given or spotted (``spotting.spot_sample_apex``), then the
-    model's preprocessing (eq. 1-4, face alignment, method) and CropNet."""
-    from mer_utils.preprocess import preprocess_sample, sample_window
+    model's preprocessing (eq. 1-4, face alignment, method) and CropNet.
+
+    Refused (PreprocessError naming the clip) when the preprocessed image is one flat value
+    (no movement between the window's frames: nothing to classify). Warns when the window
+    (eq. 1-2) is more than twice as long as the longest of the model's training clips, whose
+    key frames it spreads much further apart (give ``onset`` near the expression's start)."""
+    from mer_utils.preprocess import clip_window, preprocess_sample, sample_window
     from mer_utils.spotting import spot_sample_apex
     from mer_utils.train import predict_probs
 
     prep = model.preprocessing
     with read_clip(path) as clip:
         sample = clip_sample(clip, onset, apex, offset)
-        try:
-            spotted = None
-            if apex is None:
-                spotted = spot_sample_apex(sample, face_crop=prep["face_crop"])  # as load_samples(apex="spotted")
-                sample = sample.replace(apex=spotted.apex)
-            _, keys = sample_window(sample, prep["n_key"])
-            image = preprocess_sample(sample, prep["method"], n_key=prep["n_key"], face_crop=prep["face_crop"],
-                                      size=prep["size"])
-        except MerError as err:
-            message = str(err).replace(f"clip {sample.key}", f"clip {clip.path}")
-            if clip.is_video:  # name the video's frame, not the temporary file it was decoded to
-                decoded = re.escape(str(clip.frames[0].parent)) + r"/frame_0*(\d+)\.bmp"
-                message = re.sub(decoded, lambda m: f"(video frame {int(m.group(1))})", message)
-            raise type(err)(message if str(clip.path) in message else f"clip {clip.path}: {message}") from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                spotted = None
+                if apex is None:
+                    spotted = spot_sample_apex(sample, face_crop=prep["face_crop"])  # as load_samples(apex="spotted")
+                    sample = sample.replace(apex=spotted.apex)
+                _, keys = sample_window(sample, prep["n_key"])
+                image = preprocess_sample(sample, prep["method"], n_key=prep["n_key"], face_crop=prep["face_crop"],
+                                          size=prep["size"])
+            except MerError as err:
+                message = _clip_text(str(err), clip, sample)
+                if not clip.is_video and not _consecutive(clip.frame_numbers) and "has no file" in message:
+                    numbers = clip.frame_numbers
+                    message += (f"; the clip's frame numbers are not consecutive ({len(numbers)} files numbered "
+                                f"{numbers[0]}..{numbers[-1]}): frames are read by number, so number them "
+                                "one after another, or give the clip as a video")
+                raise type(err)(message if str(clip.path) in message else f"clip {clip.path}: {message}") from None
+        _reissue(caught, clip, sample)
+    if image.min() == image.max():
+        raise PreprocessError(f"clip {clip.path}: no movement between its frames {sample.onset}..{sample.offset} "
+                              f"(the {prep['method'].upper()} image is one flat value): nothing to classify")
+    start, end = clip_window(sample.onset, sample.apex, sample.offset)
+    trained = model.card.get("training_data", {}).get("window_frames") or []
+    if trained and end - start > 2 * trained[-1]:
+        gap = keys[1] - keys[0] if len(keys) > 1 else end - start
+        warnings.warn(f"clip {clip.path}: its window {start}..{end} spans {end - start} frames, more than twice the "
+                      f"longest training clip's {trained[-1]}, so its key frames lie {gap} frames apart; "
+                      f"give --onset near the expression's start (the apex is frame {sample.apex})", UserWarning,
+                      stacklevel=2)
     probs = predict_probs(model.model, [image], model.config)[0]
     classes = model.classes
     return ClipPrediction(clip=str(Path(path)), label=classes[int(np.argmax(probs))],
                           probabilities={c: float(p) for c, p in zip(classes, probs)},
                           onset=sample.onset, apex=sample.apex, offset=sample.offset,
                           apex_source="annotated" if apex is not None else "spotted",
-                          image=image, curve=spotted, key_frames=list(keys))
+                          image=image, curve=spotted, key_frames=list(keys), model=model_identity(model))
 
 
 def format_prediction(prediction: ClipPrediction) -> str:
-    """Printable: the class, then each class's probability, and the window."""
+    """Printable: the class, then each class's probability, the window and the model."""
     lines = [f"{prediction.clip}: {prediction.label}"]
     for name, p in sorted(prediction.probabilities.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {name:<12} {p:.4f}")
     lines.append(f"  window: onset {prediction.onset}, apex {prediction.apex} ({prediction.apex_source}), "
                  f"offset {prediction.offset}")
+    if prediction.model:
+        lines.append("  " + model_text(prediction.model))
     return "\n".join(lines)
+
+
+def model_text(identity: dict) -> str:
+    """One line naming a model (``model_identity``) and what it was trained on; a model
+    trained on synthetic data says it is a test of the pipeline."""
+    text = (f"model: {identity['folder']} ({identity['method']} + CropNet, {identity['protocol']}), "
+            f"trained on {identity['trained_on']}")
+    if identity.get("synthetic"):
+        text += ": a test of the pipeline, not a model of real micro-expressions"
+    return text
 
 
 # --------------------------------------------------------------------------- a whole data root
@@ -453,6 +542,10 @@ def predict_protocol(model: LoadedModel, root: str | Path, protocol: str, megc_l
     cache_dir = Path(cache_dir) if cache_dir else root.parent / "interim" / "cache"
     samples = load_samples(root, protocol, megc_list=megc_list, apex=apex or model.card.get("apex", "annotated"),
                            face_crop=prep["face_crop"])
+    if is_training_data(model, root):
+        warnings.warn(f"{root} holds the data model {model.folder} was trained on "
+                      f"({model.card['training_data']['description']}): its scores here are on training clips, "
+                      "not held-out ones", UserWarning, stacklevel=2)
     result = preprocess_samples(samples, method=prep["method"], cache_dir=cache_dir, n_key=prep["n_key"],
                                 face_crop=prep["face_crop"], size=prep["size"], workers=workers, progress=progress)
     probs = predict_probs(model.model, [load_image(result.paths[s.key]) for s in samples], model.config)
@@ -468,6 +561,18 @@ def predict_protocol(model: LoadedModel, root: str | Path, protocol: str, megc_l
         frame[f"prob_{name}"] = probs[:, index] if len(samples) else []
     frame["apex"] = [s.apex for s in samples]
     return frame
+
+
+def is_training_data(model: LoadedModel, root: str | Path) -> bool:
+    """Whether ``root`` is the data root the model was trained on: the same folder, or
+    synthetic data of the same description (the same seed: a copy of it)."""
+    from mer_utils.provenance import data_description, is_synthetic
+
+    trained = model.card.get("training_data", {})
+    root = Path(root).expanduser().resolve()
+    if trained.get("root") and Path(trained["root"]).expanduser().resolve() == root:
+        return True
+    return bool(trained.get("synthetic")) and is_synthetic(root) and trained.get("description") == data_description(root)
 
 
 # --------------------------------------------------------------------------- explanation

@@ -80,13 +80,31 @@ def test_cli_train_then_predict_json_and_a_data_root(setup, tmp_path, capsys):
     record = json.loads(capsys.readouterr().out)
     assert set(record) >= {"label", "probabilities", "onset", "apex", "offset", "apex_source"}
     assert record["apex_source"] == "spotted" and set(record["probabilities"]) == set(load_model(model_dir).classes)
+    assert record["model"]["folder"] == str(model_dir) and record["model"]["synthetic"] is True
+    assert record["model"]["weights_sha256"] == load_model(model_dir).card["weights"]["sha256"]
+    assert len(record["key_frames"]) == 5
     assert main(["predict", "--model", str(model_dir), "--clip", str(clip)]) == 0
-    assert "window: onset" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "window: onset" in text
+    assert f"model: {model_dir} (ars + CropNet, casme2-5class), trained on synthetic data" in text
+    assert "a test of the pipeline, not a model of real micro-expressions" in text
     out = tmp_path / "predictions.csv"
     assert main(["predict", "--model", str(model_dir), "--root", str(base / "unseen"),
                  "--protocol", "casme2-5class", "--out", str(out)]) == 0
     assert metrics_from_file(out)["n"] == len(unseen)
     assert main(["metrics", str(out)]) == 0
+    capsys.readouterr()
+    again = ["predict", "--model", str(model_dir), "--root", str(base / "unseen"), "--protocol", "casme2-5class",
+             "--out", str(out)]
+    before = out.read_bytes()
+    assert error_line(capsys, again) == (f"error: --out {out} already exists (a predictions table): choose another "
+                                         "file, or replace it with --overwrite")
+    assert out.read_bytes() == before
+    assert main(again + ["--overwrite"]) == 0 and "training clips" not in capsys.readouterr().err
+    # the model's own training data: scored, with a warning that these are not held-out clips
+    with pytest.warns(UserWarning, match="its scores here are on training clips, not held-out ones"):
+        assert main(["predict", "--model", str(model_dir), "--root", str(base / "data"), "--protocol",
+                     "casme2-5class", "--out", str(tmp_path / "train.csv")]) == 0
     frame = predict_protocol(load_model(model_dir), base / "unseen", "casme2-5class", apex="spotted")
     assert len(frame) == len(unseen) and list(frame.columns[:5]) == ["dataset", "subject", "clip", "true_label",
                                                                      "pred_label"]
@@ -156,6 +174,74 @@ def test_bad_clips_are_one_line_naming_the_clip(setup, tmp_path, capsys):
     assert str(faceless) in line and "no face found in start frame (video frame 0)" in line
     line = error_line(capsys, model + [str(tmp_path / "missing")])
     assert "does not exist" in line
+
+
+def test_clips_that_would_give_a_meaningless_answer_are_refused(setup, tmp_path, capsys):
+    """A still clip, a truncated video and frames numbered by timestamp: one line each, not a
+    prediction of an empty image, of half a clip, or an error naming a frame the user never gave."""
+    base, model_dir, unseen = setup
+    model = ["predict", "--model", str(model_dir), "--clip"]
+    sample = unseen[0]
+    still = tmp_path / "still"
+    still.mkdir()
+    for n in range(12):
+        shutil.copy(sample.frames[0], still / f"img{n + 1}.jpg")
+    line = error_line(capsys, model + [str(still)])
+    assert str(still) in line and "no movement between its frames 1..12" in line and "nothing to classify" in line
+    video = write_video(sample.frames, tmp_path / "cut.avi")
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])
+    line = error_line(capsys, model + [str(video)])
+    assert str(video) in line and f"of the {sample.n_frames} frames its header declares" in line
+    assert "truncated or damaged" in line
+    stamped = tmp_path / "stamped"
+    stamped.mkdir()
+    for n, frame in enumerate(sample.frames):
+        shutil.copy(frame, stamped / f"frame_{n * 33:05d}.jpg")
+    line = error_line(capsys, model + [str(stamped)])
+    assert str(stamped) in line and "clip/" not in line
+    assert f"frame numbers are not consecutive ({sample.n_frames} files numbered 0..{(sample.n_frames - 1) * 33})" in line
+    line = error_line(capsys, ["predict", "--model", str(model_dir / CARD_FILE), "--clip", str(still)])
+    assert f"is a file: give the model folder" in line and f"({model_dir})" in line
+
+
+def test_a_long_recording_warns_and_names_the_apex(setup, tmp_path, capsys):
+    """A short expression inside a long still recording: predicted, with a warning that its
+    window is far longer than the training clips' and where the spotted apex is."""
+    _, model_dir, unseen = setup
+    sample = unseen[0]
+    longest = load_model(model_dir).card["training_data"]["window_frames"][-1]
+    long = tmp_path / "long"
+    long.mkdir()
+    frames = [sample.frames[0]] * (3 * longest) + list(sample.frames)
+    for n, frame in enumerate(frames):
+        shutil.copy(frame, long / f"img{n}.jpg")
+    with pytest.warns(UserWarning) as caught:
+        assert main(["predict", "--model", str(model_dir), "--clip", str(long)]) == 0
+    assert "window: onset 0" in capsys.readouterr().out
+    warning = [str(w.message) for w in caught if "more than twice the longest training clip's" in str(w.message)]
+    assert len(warning) == 1 and str(long) in warning[0] and "give --onset near the expression's start" in warning[0]
+
+
+def test_preprocessing_warnings_name_the_clip_once_per_kind(tmp_path):
+    import warnings
+
+    from mer_utils.inference import Clip, _reissue, clip_sample
+
+    folder = tmp_path / "decoded"
+    frames = tuple(folder / f"frame_{n:06d}.bmp" for n in range(4))
+    clip = Clip(tmp_path / "rec.avi", frames, tuple(range(4)), is_video=True)
+    sample = clip_sample(clip)
+    caught = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(3):
+            warnings.warn(f"clip {sample.key}: aligned frame {n} ({frames[n]}) is nearly uniform (std 0.{n})")
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        _reissue(caught, clip, sample)
+    assert [str(w.message) for w in again] == [
+        f"clip {clip.path}: aligned frame 0 (video frame 0) is nearly uniform (std 0.0) (and 2 more like it)"]
 
 
 def test_bad_model_folders_are_refused(setup, tmp_path, capsys):

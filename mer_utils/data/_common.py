@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 from mer_utils.data.sample import Sample
 from mer_utils.errors import DatasetError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 HEADER_SEARCH_ROWS = 30
 MAX_LISTED_PROBLEMS = 10
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
