@@ -146,8 +146,8 @@ class ExperimentConfig:
             from mer_utils.models.cropnet import check_backbone  # imports timm (seconds): another backbone only
 
             check_backbone(config.backbone)
-        if config.cgpo and config.image_size is not None and config.image_size % 2:
-            raise ConfigError("image_size must be even with CGPO (one pyramid step halves it), "
+        if config.cgpo and config.image_size is not None and (config.image_size % 2 or config.image_size < 4):
+            raise ConfigError("image_size must be an even number >= 4 with CGPO (one pyramid step halves it), "
                               f"got {config.image_size}")
         if config.augmentation is not None and config.augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {config.augmentation!r}")

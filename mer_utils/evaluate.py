@@ -228,10 +228,22 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     except (pd.errors.ParserError, ValueError, OverflowError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EvaluationError(f"{path}: cannot be read as CSV ({reason}); {expected}") from None
+    header = _header(path)
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:  # pandas would rename the second one ("prob_x.1") and read on
+        raise EvaluationError(f"{path}: column(s) {', '.join(repeated)} appear more than once in its header; {expected}")
     for column in prob_columns(df):
         df[column] = pd.to_numeric(df[column], errors="coerce")
     _validate_frame(df, str(path))
     return df
+
+
+def _header(path: Path) -> list[str]:
+    """The column names of a CSV file's first row, as written (pandas renames repeats)."""
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        return next(csv.reader(handle), [])
 
 
 def write_predictions(df: pd.DataFrame, path: str | os.PathLike) -> Path:

@@ -112,6 +112,10 @@ def train_protocol(config: ExperimentConfig, out_dir: str | Path, *, apex: str =
                           "use ars, rrs, farneback or tvl1")
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"model folder {out_dir} is a file, not a folder: choose another --out")
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):  # found before training, not after
+        raise ConfigError(f"model folder {out_dir} cannot be written: {existing} is "
+                          f"{'a file' if not existing.is_dir() else 'not writable'}; choose another --out")
     if (out_dir / CARD_FILE).exists() and not overwrite:
         raise ConfigError(f"{out_dir} already holds a model ({CARD_FILE}); choose another folder, or replace it "
                           "(mer train --overwrite; overwrite=True)")
@@ -201,6 +205,7 @@ def load_model(folder: str | Path) -> LoadedModel:
                           f"{mer_utils.__version__}: its preprocessing or model may differ; retrain it with `mer train`")
     try:
         spec, preprocessing, classes = card["model"], card["preprocessing"], tuple(card["classes"])
+        _check_card_types(spec, preprocessing, classes)
         # cards written before the ensemble setting hold one network
         config = TrainConfig(image_size=spec["image_size"], cgpo=spec["cgpo"], grid=spec["grid"], alpha=spec["alpha"],
                              backbone=spec["backbone"], head_channels=spec["head_channels"], embed_dim=spec["embed_dim"],
@@ -219,8 +224,11 @@ def load_model(folder: str | Path) -> LoadedModel:
         state = load(data)
     except Exception as err:  # safetensors raises its own error types
         raise ConfigError(f"{folder / WEIGHTS_FILE} is not a safetensors weights file: {err}") from None
-    networks = [build_model(dataclasses.replace(config, pretrained_weights=None), len(classes))
-                for _ in range(config.ensemble)]
+    try:
+        networks = [build_model(dataclasses.replace(config, pretrained_weights=None), len(classes))
+                    for _ in range(config.ensemble)]
+    except (TypeError, ValueError, MerError) as err:
+        raise ConfigError(f"{folder / CARD_FILE}: its model settings do not build a CropNet ({err})") from None
     if len(networks) == 1:
         model = networks[0]
     else:
@@ -235,6 +243,23 @@ def load_model(folder: str | Path) -> LoadedModel:
     model.pretrained = bool(spec.get("pretrained"))
     model.eval()
     return LoadedModel(folder, card, model, config)
+
+
+def _check_card_types(spec: dict, preprocessing: dict, classes: tuple) -> None:
+    """ConfigError (``load_model`` names the card) when a field has the wrong type: whole numbers, true/false,
+    and at least two distinct class names."""
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    wrong = [f"model.{k} {spec[k]!r} (a whole number >= 1)" for k in ("image_size", "grid", "head_channels", "embed_dim")
+             if not whole(spec[k])]
+    wrong += [f"model.{k} {spec[k]!r} (true or false)" for k in ("cgpo",) if not isinstance(spec[k], bool)]
+    wrong += [f"preprocessing.{k} {preprocessing[k]!r} (a whole number >= 1)" for k in ("n_key", "size")
+              if not whole(preprocessing[k])]
+    if len(classes) < 2 or len(set(classes)) != len(classes) or not all(isinstance(c, str) and c for c in classes):
+        wrong.append(f"classes {list(classes)!r} (at least two distinct names)")
+    if wrong:
+        raise ConfigError("; ".join(wrong))
 
 
 def check_compatible(model: LoadedModel, protocol: str, method: str | None = None, n_key: int | None = None,

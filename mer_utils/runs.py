@@ -45,7 +45,7 @@ import numpy as np
 import mer_utils
 from mer_utils.config import RESULT_NEUTRAL_FIELDS, ExperimentConfig, experiment_key, experiment_settings
 from mer_utils.data import PROTOCOLS, Sample, load_samples
-from mer_utils.errors import ConfigError, DataWarning, MerError, check_int
+from mer_utils.errors import ConfigError, DatasetError, DataWarning, MerError, check_int
 from mer_utils.files import atomic_write_text
 from mer_utils.paths import EXPERIMENTS_DIR, PACKAGE_DIR, PROGRESS_ENV, repo_path
 from mer_utils.provenance import is_synthetic
@@ -215,6 +215,41 @@ def fold_fingerprint(samples: Sequence[Sample], subject: str) -> dict:
             "train": digest([s for s in samples if s.subject_id != subject])}
 
 
+_FILE_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime) -> sha256 of the bytes, for this process
+
+
+def inputs_digest(samples: Sequence[Sample], config: ExperimentConfig) -> str:
+    """A digest of the content of every frame file the experiment's method reads (for CropNet
+    the window's start and key frames, as the preprocessing cache keys them; for LBP-TOP its
+    sampled frames): a frame replaced after a fold ran makes the fold stale, though the
+    annotations did not change. A file is read once per process while its size and mtime hold."""
+    from mer_utils.preprocess import sample_window
+
+    config = config.resolved()
+    rows = []
+    for sample in sorted(samples, key=lambda x: x.key):
+        if config.method == "lbptop":
+            from mer_utils.baselines.lbptop import frame_numbers
+
+            numbers = frame_numbers(sample, config.lbptop_frames)
+        else:
+            start, keys = sample_window(sample, config.n_key)
+            numbers = list(dict.fromkeys([start, *keys]))
+        rows.append([sample.key, [_file_digest(sample.frame_path(n)) for n in numbers]])
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in _FILE_DIGESTS:
+            _FILE_DIGESTS[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as err:
+        raise DatasetError(f"cannot read frame {path}: {err.strerror}") from None
+    return _FILE_DIGESTS[key]
+
+
 def fold_staleness(fold_dir: Path, test_samples: Sequence[Sample], fingerprint: dict | None = None) -> str | None:
     """None when the fold is complete, else why not: ``done.json`` missing or unreadable,
     ``predictions.csv`` not covering exactly ``test_samples``, or (given ``fingerprint``, see
@@ -226,6 +261,8 @@ def fold_staleness(fold_dir: Path, test_samples: Sequence[Sample], fingerprint: 
     try:
         done = json.loads((fold_dir / DONE_FILE).read_text())
         check_coverage(read_predictions(fold_dir / PREDICTIONS_FILE), test_samples)
+        if (fold_dir / FOLD_FILE).exists():
+            read_fold_record(fold_dir)
     except (MerError, OSError, ValueError) as err:
         return f"its results are incomplete or unreadable ({err})"
     if fingerprint is not None:
@@ -237,6 +274,8 @@ def fold_staleness(fold_dir: Path, test_samples: Sequence[Sample], fingerprint: 
         if changed:
             return (f"its {' and '.join(changed)} samples changed since it ran "
                     "(sample keys, labels or clip windows in the annotations)")
+        if "inputs" in recorded and "inputs" in fingerprint and recorded["inputs"] != fingerprint["inputs"]:
+            return "the frames it read changed since it ran (the content of a window's start or key frame files)"
     return None
 
 
@@ -256,16 +295,18 @@ def fold_notebook_parameters(config: ExperimentConfig, fold: int, fold_dir: Path
     return params
 
 
-def _fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: bool, torch_threads: int) -> dict:
+def _fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: bool, torch_threads: int,
+               inputs: str | None = None) -> dict:
     """Run one fold (notebook or in-process), then write ``done.json``; errors come back as text.
     The fold loads the experiment's samples again: the DataWarnings that load gives, the
     experiment has already shown once (``run_experiment``), so a worker does not repeat them."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
-        return _run_fold_task(config_values, fold, fold_dir, use_papermill, torch_threads)
+        return _run_fold_task(config_values, fold, fold_dir, use_papermill, torch_threads, inputs)
 
 
-def _run_fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: bool, torch_threads: int) -> dict:
+def _run_fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: bool, torch_threads: int,
+                   inputs: str | None = None) -> dict:
     config = ExperimentConfig.from_dict(config_values)
     fold_dir = Path(fold_dir)
     for stale in (DONE_FILE, FOLD_FILE):
@@ -290,6 +331,8 @@ def _run_fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill:
         return {"fold": fold, "error": f"{name}: {value}"}
     record.update(notebook=NOTEBOOK_PATH.name if use_papermill else None,
                   finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if inputs is not None and isinstance(record.get("fingerprint"), dict):  # the frames' content, from the runner
+        record["fingerprint"] = {**record["fingerprint"], "inputs": inputs}
     _write_json_atomic(fold_dir / DONE_FILE, record)
     return {"fold": fold, "error": None, "record": record}
 
@@ -410,7 +453,7 @@ def _report_progress(line: str) -> None:
 
 
 def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, use_papermill, progress,
-               label: str = "LOSO"):
+               label: str = "LOSO", inputs: str | None = None):
     """Submit the pending folds; returns failures {subject: message}. ``label`` names the
     experiment in the progress lines (``PROGRESS_ENV``)."""
     from distributed import as_completed
@@ -421,7 +464,7 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
     try:
         gpu = any("GPU" in w.get("resources", {}) for w in client.scheduler_info().get("workers", {}).values())
         futures = {
-            client.submit(_fold_task, config.to_dict(), fold, str(fold_dir), use_papermill, threads,
+            client.submit(_fold_task, config.to_dict(), fold, str(fold_dir), use_papermill, threads, inputs,
                           pure=False, key=f"loso-fold-{fold:02d}-{time.time_ns()}",
                           resources={"GPU": 1} if gpu else None): fold
             for fold, fold_dir in pending.items()
@@ -488,7 +531,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
     _claim_experiment_dir(config, out_dir)  # only once the inputs load: a failed start leaves no config.json
     fold_dirs = {i: out_dir / fold_dir_name(i, s) for i, s in enumerate(subjects)}
     tests = {i: [x for x in samples if x.subject_id == s] for i, s in enumerate(subjects)}
-    prints = {i: fold_fingerprint(samples, s) for i, s in enumerate(subjects)}
+    inputs = inputs_digest(samples, config)  # every fold reads every sample (as test or training)
+    prints = {i: {**fold_fingerprint(samples, s), "inputs": inputs} for i, s in enumerate(subjects)}
     reasons = {i: fold_staleness(fold_dirs[i], tests[i], prints[i]) for i in range(len(subjects))}
     _warn_stale(out_dir, {i: r for i, r in reasons.items() if r and (fold_dirs[i] / DONE_FILE).is_file()},
                 subjects, chosen)
@@ -497,7 +541,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
     if pending:
         prepare_inputs(config, samples, workers, progress)
         failures = _run_folds(config, pending, subjects, scheduler, workers, use_papermill, progress,
-                              label=out_dir.name)
+                              label=out_dir.name, inputs=inputs)
 
     completed = [i for i in range(len(subjects)) if fold_is_complete(fold_dirs[i], tests[i], prints[i])]
     if not completed:
@@ -526,14 +570,27 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
                             time.perf_counter() - started, len(pending), losses)
 
 
+def read_fold_record(fold_dir: str | os.PathLike) -> dict:
+    """A fold's ``fold.json`` record; MerError naming the file when it is not a JSON object
+    with a list of numbers as ``epoch_losses`` (a damaged fold, which the runner trains again)."""
+    path = Path(fold_dir) / FOLD_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise MerError(f"fold record {path} is unreadable ({err})") from None
+    losses = record.get("epoch_losses", []) if isinstance(record, dict) else None
+    if not isinstance(losses, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in losses):
+        raise MerError(f"fold record {path} is damaged: expected a JSON object whose epoch_losses is a list of numbers")
+    return record
+
+
 def mean_epoch_losses(fold_dirs: Sequence[Path]) -> list[float]:
     """Mean training loss of each epoch over the folds' ``fold.json`` records (empty for the
     LBP-TOP baseline, which has no epochs)."""
     curves = []
     for fold_dir in fold_dirs:
-        path = Path(fold_dir) / FOLD_FILE
-        if path.is_file():
-            losses = json.loads(path.read_text(encoding="utf-8")).get("epoch_losses") or []
+        if (Path(fold_dir) / FOLD_FILE).is_file():
+            losses = read_fold_record(fold_dir).get("epoch_losses") or []
             if losses:
                 curves.append(losses)
     if not curves or len({len(c) for c in curves}) != 1:

@@ -235,6 +235,7 @@ def training_note(experiments: Mapping[str, object]) -> str:
     "weights"): from scratch, from timm's ImageNet weights or from a local file, with its
     epochs, learning rate, batch size, input size, training augmentation and, for an ensemble,
     its networks per fold. LBP-TOP rows are named as the baseline."""
+    from mer_utils.runs import FOLD_FILE, read_fold_record
     from mer_utils.train import AUGMENTATION_TEXT
 
     groups: dict[str, list[str]] = {}
@@ -247,8 +248,7 @@ def training_note(experiments: Mapping[str, object]) -> str:
             baseline.append(name)
             continue
         config = config.resolved()
-        records = [json.loads((d / "fold.json").read_text(encoding="utf-8"))
-                   for d in getattr(entry, "fold_dirs", {}).values() if (d / "fold.json").is_file()]
+        records = [read_fold_record(d) for d in getattr(entry, "fold_dirs", {}).values() if (d / FOLD_FILE).is_file()]
         used = {r.get("weights", config.pretrained_weights) for r in records} or {config.pretrained_weights}
         start = " / ".join(sorted(weights_description(w) for w in used))
         how = (f"CropNet trained {start}, {epochs_text(config.epochs)} (fixed before the run)"

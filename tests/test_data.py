@@ -191,6 +191,15 @@ def test_read_smic_records(tmp_path):
         read_smic(tmp_path)
 
 
+def test_smic_reads_a_micro_folder_in_any_case_and_names_folders_it_leaves_out(tmp_path):
+    folder = make_smic(tmp_path)
+    (folder / "HS" / "s1" / "micro").rename(folder / "HS" / "s1" / "Micro")
+    (folder / "HS" / "s2").rename(folder / "HS" / "subject2")
+    with pytest.warns(UserWarning, match=r"HS: folder\(s\) subject2 left out: SMIC-HS subject folders are named s1, s2"):
+        samples = by_clip(read_smic(folder))
+    assert sorted(samples) == ["s1_ne_01", "s1_po_01"]
+
+
 # ----------------------------------------------------------------------------- reader errors
 
 
@@ -411,6 +420,13 @@ def test_megc_list_official_format_normalises_names(tmp_path):
     with_header = tmp_path / "composite.csv"
     with_header.write_text("dataset,subject,clip,label\n" + OFFICIAL_STYLE.replace("samm,6,006", "samm,006,6"))
     assert [e.key for e in read_megc_list(with_header)] == [e.key for e in entries]
+
+
+def test_a_megc_list_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "gt.csv"
+    path.write_text(OFFICIAL_STYLE, encoding="utf-16")
+    with pytest.raises(DatasetError, match=r"gt\.csv is not UTF-8 text: save it as UTF-8 CSV"):
+        read_megc_list(path)
 
 
 @pytest.mark.parametrize(

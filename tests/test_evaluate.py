@@ -150,6 +150,15 @@ def test_metrics_from_file_names_the_file_of_a_duplicated_row(tmp_path):
         metrics_from_file(path)
 
 
+def test_a_column_named_twice_is_refused_not_renamed(tmp_path):
+    path = tmp_path / "mine.csv"
+    write_predictions(table([("casme2", "sub01", "EP01", "negative", "negative")]), path)
+    lines = path.read_text().splitlines()
+    path.write_text(f"{lines[0]},prob_negative\n{lines[1]},0.5\n")
+    with pytest.raises(EvaluationError, match=r"mine\.csv: column\(s\) prob_negative appear more than once"):
+        metrics_from_file(path)
+
+
 def test_missing_and_unexpected_predictions_are_named():
     frame = table([("samm", "samm/006", "006_1_2", "negative", "negative"),
                    ("samm", "samm/007", "007_3_1", "positive", "positive")])

@@ -265,6 +265,21 @@ def test_bad_model_folders_are_refused(setup, tmp_path, capsys):
     line = error_line(capsys, ["predict", "--model", str(model_dir), "--root", str(base / "unseen"),
                                "--protocol", "casme2-5class", "--method", "rrs", "--out", str(tmp_path / "p.csv")])
     assert "'ars' in the model" in line and "'rrs' requested" in line
+    for field, value, message in (("image_size", "32", "model.image_size '32' (a whole number >= 1)"),
+                                  ("cgpo", "yes", "model.cgpo 'yes' (true or false)")):
+        typed = tmp_path / f"typed_{field}"
+        shutil.copytree(model_dir, typed)
+        card = json.loads((typed / CARD_FILE).read_text())
+        card["model"][field] = value
+        (typed / CARD_FILE).write_text(json.dumps(card))
+        assert error_line(capsys, ["predict", "--model", str(typed), "--clip", clip]) == \
+            f"error: {typed / CARD_FILE}: {message}"
+    twice = tmp_path / "twice"
+    shutil.copytree(model_dir, twice)
+    card = json.loads((twice / CARD_FILE).read_text())
+    card["classes"][1] = card["classes"][0]
+    (twice / CARD_FILE).write_text(json.dumps(card))
+    assert "(at least two distinct names)" in error_line(capsys, ["predict", "--model", str(twice), "--clip", clip])
 
 
 def test_read_clip_errors(tmp_path):
@@ -328,6 +343,8 @@ def test_outputs_never_replace_the_users_files(setup, tmp_path, capsys):
     assert "does not exist or is not a folder" in error_line(capsys, predict + ["--out", str(mine / "p.csv")])
     train = ["train", "--root", str(base / "data"), "--protocol", "casme2-5class", "--epochs", "1"]
     assert "is a file, not a folder" in error_line(capsys, train + ["--out", str(mine)])
+    line = error_line(capsys, train + ["--out", str(mine / "model")])  # before training, not after
+    assert line == f"error: model folder {mine / 'model'} cannot be written: {mine} is a file; choose another --out"
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / WEIGHTS_FILE).write_bytes(b"my weights")

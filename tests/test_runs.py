@@ -7,6 +7,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import cv2
 import pandas as pd
 import pytest
 import torch
@@ -17,8 +18,9 @@ from mer_utils.evaluate import read_predictions
 from mer_utils.config import ExperimentConfig
 from mer_utils.provenance import is_synthetic
 from mer_utils.paths import PROGRESS_ENV
-from mer_utils.runs import (DONE_FILE, NOTEBOOK_PATH, PREDICTIONS_FILE, _fold_task, fold_dir_name,
-                            fold_fingerprint, fold_subject,
+from mer_utils.preprocess import sample_window
+from mer_utils.runs import (DONE_FILE, FOLD_FILE, NOTEBOOK_PATH, PREDICTIONS_FILE, _fold_task, fold_dir_name,
+                            fold_fingerprint, fold_subject, inputs_digest,
                             fold_is_complete, fold_staleness, leave_one_subject_out, run_experiment, run_fold)
 from mer_utils.synth import make_synthetic
 from mer_utils.train import TrainConfig
@@ -214,6 +216,41 @@ def test_truncated_predictions_rerun_that_fold(two_fold_run, tiny, tmp_path, sch
 
 
 @pytest.mark.slow
+def test_a_damaged_fold_record_reruns_that_fold(two_fold_run, tiny, tmp_path, scheduler):
+    out = copy_experiment(two_fold_run, tmp_path)
+    before = done_times(out)
+    (out / "fold_00_sub01" / FOLD_FILE).write_text("{")
+    result = rerun(tiny, out, scheduler)
+    assert result.trained_folds == 1 and done_times(out)["fold_01_sub02"] == before["fold_01_sub02"]
+    assert json.loads((out / "fold_00_sub01" / FOLD_FILE).read_text())["epoch_losses"]
+
+
+def test_a_fold_records_the_content_of_the_frames_it_read(two_fold_run, tiny, data_root, tmp_path):
+    """A frame file replaced after a fold ran (same annotations) makes the fold stale."""
+    samples = load_samples(data_root, "casme2-5class")
+    done = json.loads((two_fold_run.out_dir / "fold_00_sub01" / DONE_FILE).read_text())
+    assert done["fingerprint"]["inputs"] == inputs_digest(samples, tiny)
+    root = Path(shutil.copytree(data_root, tmp_path / "copy"))
+    copied = load_samples(root, "casme2-5class")
+    config = tiny.replace(root=str(root))
+    assert inputs_digest(copied, config) == inputs_digest(samples, tiny)  # a copy is the same data
+    fold = Path(shutil.copytree(two_fold_run.out_dir / "fold_00_sub01", tmp_path / "fold"))
+    test = [x for x in copied if x.subject_id == "sub01"]
+    printed = {**fold_fingerprint(copied, "sub01"), "inputs": inputs_digest(copied, config)}
+    assert fold_staleness(fold, test, printed) is None
+    training = next(x for x in copied if x.subject_id == "sub02")
+    start, keys = sample_window(training, config.resolved().n_key)
+    frame = training.frame_path(keys[-1])
+    image = cv2.imread(str(frame))
+    cv2.imwrite(str(frame), image[:, ::-1])  # the annotations do not change
+    printed = {**fold_fingerprint(copied, "sub01"), "inputs": inputs_digest(copied, config)}
+    assert fold_staleness(fold, test, printed).startswith("the frames it read changed since it ran")
+    older = {k: v for k, v in done["fingerprint"].items() if k != "inputs"}  # a fold of an older kit
+    (fold / DONE_FILE).write_text(json.dumps({**done, "fingerprint": older}))
+    assert fold_staleness(fold, test, printed) is None
+
+
+@pytest.mark.slow
 def test_fold_without_done_marker_is_not_complete(two_fold_run, data_root, tmp_path):
     out = copy_experiment(two_fold_run, tmp_path)
     test = [s for s in load_samples(data_root, "casme2-5class") if s.subject_id == "sub01"]
@@ -335,7 +372,7 @@ def test_changed_annotations_make_the_folds_that_used_them_stale(tiny, data_root
     first = rerun(config, out, scheduler)
     assert first.trained_folds == 2
     done = json.loads((out / "fold_01_sub02" / DONE_FILE).read_text())
-    assert set(done["fingerprint"]) == {"test", "train"}
+    assert set(done["fingerprint"]) == {"test", "train", "inputs"}
 
     clip = relabel(root, 2, "surprise")  # a test sample of fold 1, a training sample of fold 0
     with pytest.warns(UserWarning) as caught:
@@ -425,10 +462,14 @@ def test_a_folder_of_the_users_files_or_a_file_is_not_taken_for_an_experiment(da
     afile.write_text("x")
     with pytest.raises(ConfigError, match="is a file, not a folder"):
         run_experiment(config, afile, folds=[0], use_papermill=False, progress=False)
-    with pytest.raises(ConfigError, match="image_size must be even with CGPO"):  # before any folder is claimed
+    with pytest.raises(ConfigError, match="image_size must be an even number >= 4 with CGPO"):  # before any folder is claimed
         run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", image_size=33),
                        tmp_path / "odd", folds=[0], use_papermill=False, progress=False)
     assert not (tmp_path / "odd" / "config.json").exists()
+    with pytest.raises(ConfigError, match=r"image_size must be an even number >= 4 with CGPO .*, got 2"):
+        run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", image_size=2),
+                       tmp_path / "tiny", folds=[0], use_papermill=False, progress=False)
+    assert not (tmp_path / "tiny" / "config.json").exists()
     with pytest.raises(ConfigError, match="preprocess_size must be an integer >= 8"):
         ExperimentConfig(root=str(data_root), protocol="casme2-5class", preprocess_size=0).resolved()
 

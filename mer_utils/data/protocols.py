@@ -146,6 +146,9 @@ def read_megc_list(path: str | Path) -> list[MegcListEntry]:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as error:
         raise DatasetError(f"cannot read MEGC2019 list {path}: {error}") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"MEGC2019 list {path} is not UTF-8 text: save it as UTF-8 CSV "
+                           "(the official list is plain ASCII)") from None
     entries: list[MegcListEntry] = []
     first_line: dict[str, int] = {}
     header_seen = False

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 from mer_utils.data._common import list_frames, make_sample, raise_collected
@@ -21,7 +22,7 @@ def hs_folder(path: Path) -> Path:
     """The ``HS`` folder: ``path/HS`` when it exists, else ``path`` itself if it holds ``s<N>/micro``."""
     if (path / "HS").is_dir():
         return path / "HS"
-    if path.is_dir() and any((child / "micro").is_dir() for child in _subject_folders(path)):
+    if path.is_dir() and any((child / "micro").is_dir() for child in _subject_folders(path, warn=False)):
         return path
     raise DatasetError(
         f"{path}: expected a SMIC folder holding HS/ (HS/s1/micro/negative/s1_ne_01/image000123.bmp) "
@@ -35,7 +36,8 @@ def read_smic(path: str | Path) -> list[Sample]:
     The emotion is the class folder (negative, positive, surprise). SMIC has no apex or
     onset/offset annotation, so, as the paper does: onset is the clip's first frame number,
     offset its last, and the apex the middle frame ``onset + (offset - onset) // 2`` with
-    ``apex_inferred=True``. Subject folders without a ``micro`` folder are skipped.
+    ``apex_inferred=True``. Subject folders without a ``micro`` folder (any case) are skipped;
+    folders not named ``s<N>`` are left out with a warning.
     Raises DatasetError naming the folder at fault (unknown class folder, empty clip, a gap
     where the middle frame should be).
     """
@@ -43,8 +45,8 @@ def read_smic(path: str | Path) -> list[Sample]:
     samples: list[Sample] = []
     problems: list[str] = []
     for subject_dir in _subject_folders(hs):
-        micro = subject_dir / "micro"
-        if not micro.is_dir():
+        micro = next((p for p in sorted(subject_dir.iterdir()) if p.is_dir() and p.name.lower() == "micro"), None)
+        if micro is None:
             continue
         for class_dir in sorted(p for p in micro.iterdir() if p.is_dir() and not p.name.startswith(".")):
             emotion = class_dir.name.lower()
@@ -62,9 +64,16 @@ def read_smic(path: str | Path) -> list[Sample]:
     return sorted(samples, key=lambda s: (s.subject, s.clip))
 
 
-def _subject_folders(folder: Path) -> list[Path]:
+def _subject_folders(folder: Path, warn: bool = True) -> list[Path]:
+    """The subject folders s1, s2, ... of ``folder``; other folders are left out with a
+    warning naming them (a renamed subject would otherwise vanish from the protocol)."""
     with os.scandir(folder) as entries:
-        return sorted(Path(e.path) for e in entries if e.is_dir() and _SUBJECT_FOLDER.match(e.name))
+        folders = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+    other = sorted(e.name for e in folders if not _SUBJECT_FOLDER.match(e.name))
+    if other and warn:
+        warnings.warn(f"{folder}: folder(s) {', '.join(other)} left out: SMIC-HS subject folders are named s1, s2, ...",
+                      UserWarning, stacklevel=3)
+    return sorted(Path(e.path) for e in folders if _SUBJECT_FOLDER.match(e.name))
 
 
 def _clip_sample(subject: str, emotion: str, clip_dir: Path) -> Sample:
