@@ -193,17 +193,15 @@ def _validate_frame(df: pd.DataFrame, source: str) -> None:
     for column in REQUIRED_COLUMNS:
         blank = df[column].isna() | (df[column].astype(str).str.strip() == "")
         if blank.any():
-            rows = [int(i) for i in np.flatnonzero(blank.to_numpy())[:_LIST_LIMIT]]
-            raise EvaluationError(
-                f"{source}: column {column!r} is empty in row(s) {rows} (0-based data rows)")
+            lines = ", ".join(str(int(i) + 2) for i in np.flatnonzero(blank.to_numpy())[:_LIST_LIMIT])
+            raise EvaluationError(f"{source}: column {column!r} is empty on line(s) {lines} (the header is line 1)")
     for column in prob_columns(df):
         values = pd.to_numeric(df[column], errors="coerce")
         bad = values.isna() | (values < 0) | (values > 1)
         if bad.any():
-            rows = [int(i) for i in np.flatnonzero(bad.to_numpy())[:_LIST_LIMIT]]
-            raise EvaluationError(
-                f"{source}: column {column!r} must hold probabilities in [0, 1]; "
-                f"row(s) {rows} (0-based data rows) do not")
+            lines = ", ".join(str(int(i) + 2) for i in np.flatnonzero(bad.to_numpy())[:_LIST_LIMIT])
+            raise EvaluationError(f"{source}: column {column!r} must hold probabilities in [0, 1]; line(s) {lines} "
+                                  "(the header is line 1) do not")
 
 
 def read_predictions(path: str | os.PathLike) -> pd.DataFrame:

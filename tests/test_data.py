@@ -173,7 +173,7 @@ def test_samm_header_found_after_any_preamble(tmp_path):
     short = read_samm(make_samm(tmp_path / "a", preamble=[["title"], []]))
     assert len(short) == len(SAMM_ROWS)
     folder = make_samm(tmp_path / "b", preamble=[["title"]] * 31)
-    with pytest.raises(DatasetError, match=r"SAMM_Micro_FACS_Codes_v2\.xlsx: no header row.*Subject and Filename"):
+    with pytest.raises(DatasetError, match=r"SAMM_Micro_FACS_Codes_v2\.xlsx: no header row.*Subject and Filename.*first sheet, .Sheet. \(the one the kit reads\)"):
         read_samm(folder)
 
 
@@ -201,6 +201,20 @@ def test_smic_reads_a_micro_folder_in_any_case_and_names_folders_it_leaves_out(t
 
 
 # ----------------------------------------------------------------------------- reader errors
+
+
+def test_a_formula_without_a_saved_value_is_named_not_read_as_blank(tmp_path):
+    folder = make_samm(tmp_path)
+    sheet_path = folder / "SAMM_Micro_FACS_Codes_v2.xlsx"
+    workbook = openpyxl.load_workbook(sheet_path)
+    sheet = workbook.active
+    header_row = len(SAMM_PREAMBLE) + 1
+    apex_column = [c.value for c in sheet[header_row]].index(SAMM_HEADER[4]) + 1
+    sheet.cell(row=header_row + 1, column=apex_column, value="=D15+3")  # openpyxl saves no computed value
+    workbook.save(sheet_path)
+    with pytest.raises(DatasetError, match=rf"SAMM_Micro_FACS_Codes_v2\.xlsx row {header_row + 1}: column\(s\) "
+                                           rf"{SAMM_HEADER[4]} hold a formula whose value was never saved"):
+        read_samm(folder)
 
 
 def casme2_with(tmp_path, index, row):

@@ -201,7 +201,7 @@ def test_probabilities_outside_zero_one_are_rejected(tmp_path):
     frame.loc[0, "prob_positive"] = 1.5
     path = tmp_path / "p.csv"
     frame.to_csv(path, index=False)
-    with pytest.raises(EvaluationError, match="prob_positive.*row"):
+    with pytest.raises(EvaluationError, match=r"prob_positive.*line\(s\) 2 \(the header is line 1\) do not"):
         read_predictions(path)
 
 

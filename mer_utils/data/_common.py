@@ -173,7 +173,9 @@ def read_annotation_sheet(path: Path, required: Iterable[str]) -> Iterator[Sheet
         workbook = openpyxl.load_workbook(path, data_only=True)
     except Exception as error:  # openpyxl raises several unrelated types
         raise DatasetError(f"cannot read spreadsheet {path}: {error}") from None
-    rows = [tuple(row) for row in workbook.worksheets[0].iter_rows(values_only=True)]
+    sheet = workbook.worksheets[0]
+    rows = [tuple(row) for row in sheet.iter_rows(values_only=True)]
+    formulas = _unsaved_formulas(path, rows)
 
     header_index = None
     first_nonblank = None
@@ -189,8 +191,8 @@ def read_annotation_sheet(path: Path, required: Iterable[str]) -> Iterator[Sheet
         found = _describe_cells(rows[first_nonblank]) if first_nonblank is not None else "nothing"
         raise DatasetError(
             f"{path}: no header row (a row with the columns Subject and Filename) in the first "
-            f"{HEADER_SEARCH_ROWS} rows; expected columns {expected}; "
-            f"row {(first_nonblank or 0) + 1} holds {found}"
+            f"{HEADER_SEARCH_ROWS} rows of its first sheet, {sheet.title!r} (the one the kit reads); expected "
+            f"columns {expected}; row {(first_nonblank or 0) + 1} holds {found}"
         )
     header = rows[header_index]
     columns: dict[str, int] = {}
@@ -209,7 +211,30 @@ def read_annotation_sheet(path: Path, required: Iterable[str]) -> Iterator[Sheet
         if all(cell is None or str(cell).strip() == "" for cell in row):
             continue
         cells = {key: (row[pos] if pos < len(row) else None) for key, pos in columns.items()}
+        unsaved = [header[pos] for key, pos in columns.items() if (index, pos) in formulas]
+        if unsaved:
+            raise DatasetError(
+                f"{path} row {index + 1}: column(s) {', '.join(str(c).strip() for c in unsaved)} hold a formula whose "
+                "value was never saved (the file was written by a program that does not compute formulas): open "
+                "and save it in a spreadsheet program, or type the values")
         yield SheetRow(number=index + 1, cells=cells)
+
+
+def _unsaved_formulas(path: Path, values: list[tuple]) -> set[tuple[int, int]]:
+    """(row, column) indices of the first sheet's cells that hold a formula but no saved value
+    (which openpyxl's cached values read as blank)."""
+    import openpyxl
+
+    if not any(cell is None for row in values for cell in row):
+        return set()
+    workbook = openpyxl.load_workbook(path, data_only=False)
+    found = set()
+    for r, row in enumerate(workbook.worksheets[0].iter_rows(values_only=True)):
+        for c, cell in enumerate(row):
+            if isinstance(cell, str) and cell.startswith("=") and r < len(values) and c < len(values[r]) \
+                    and values[r][c] is None:
+                found.add((r, c))
+    return found
 
 
 def _describe_cells(row: tuple) -> str:
