@@ -1,9 +1,15 @@
-"""Writing files so that an interrupted write never leaves a file that reads as valid."""
+"""Writing files so that an interrupted write never leaves a file that reads as valid, and
+reading back the records a LOSO fold writes."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+
+from mer_utils.errors import MerError
+
+FOLD_FILE = "fold.json"  # a LOSO fold's record (runs.run_fold): settings, epoch losses, seconds, fingerprint
 
 
 def current_umask() -> int:
@@ -44,3 +50,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """``atomic_write_bytes`` of UTF-8 text (newlines written as given)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_fold_record(fold_dir: str | os.PathLike) -> dict:
+    """A fold's ``fold.json`` record; MerError naming the file when it is not a JSON object
+    with a list of numbers as ``epoch_losses`` (a damaged fold, which the runner trains again)."""
+    path = Path(fold_dir) / FOLD_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise MerError(f"fold record {path} is unreadable ({err})") from None
+    losses = record.get("epoch_losses", []) if isinstance(record, dict) else None
+    if not isinstance(losses, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in losses):
+        raise MerError(f"fold record {path} is damaged: expected a JSON object whose epoch_losses is a list of numbers")
+    return record

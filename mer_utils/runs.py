@@ -46,12 +46,13 @@ import mer_utils
 from mer_utils.config import RESULT_NEUTRAL_FIELDS, ExperimentConfig, experiment_key, experiment_settings
 from mer_utils.data import PROTOCOLS, Sample, load_samples
 from mer_utils.errors import ConfigError, DatasetError, DataWarning, MerError, check_int
+from mer_utils.files import FOLD_FILE, read_fold_record
 from mer_utils.files import atomic_write_text
 from mer_utils.paths import EXPERIMENTS_DIR, PACKAGE_DIR, PROGRESS_ENV, repo_path
 from mer_utils.provenance import is_synthetic
 
 NOTEBOOK_PATH = PACKAGE_DIR.parent / "notebooks" / "03_train.ipynb"  # one fold as a notebook (repository checkouts)
-CONFIG_FILE, DONE_FILE, FOLD_FILE, PREDICTIONS_FILE = "config.json", "done.json", "fold.json", "predictions.csv"
+CONFIG_FILE, DONE_FILE, PREDICTIONS_FILE = "config.json", "done.json", "predictions.csv"
 LOSSES_FILE = "losses.csv"  # mean training loss per epoch over the folds
 
 
@@ -568,20 +569,6 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
             f"{epoch},{loss:.6f}\n" for epoch, loss in enumerate(losses, start=1)))
     return ExperimentResult(config, out_dir, metrics, failures, fold_dirs,
                             time.perf_counter() - started, len(pending), losses)
-
-
-def read_fold_record(fold_dir: str | os.PathLike) -> dict:
-    """A fold's ``fold.json`` record; MerError naming the file when it is not a JSON object
-    with a list of numbers as ``epoch_losses`` (a damaged fold, which the runner trains again)."""
-    path = Path(fold_dir) / FOLD_FILE
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise MerError(f"fold record {path} is unreadable ({err})") from None
-    losses = record.get("epoch_losses", []) if isinstance(record, dict) else None
-    if not isinstance(losses, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in losses):
-        raise MerError(f"fold record {path} is damaged: expected a JSON object whose epoch_losses is a list of numbers")
-    return record
 
 
 def mean_epoch_losses(fold_dirs: Sequence[Path]) -> list[float]:

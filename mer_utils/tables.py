@@ -235,7 +235,7 @@ def training_note(experiments: Mapping[str, object]) -> str:
     "weights"): from scratch, from timm's ImageNet weights or from a local file, with its
     epochs, learning rate, batch size, input size, training augmentation and, for an ensemble,
     its networks per fold. LBP-TOP rows are named as the baseline."""
-    from mer_utils.runs import FOLD_FILE, read_fold_record
+    from mer_utils.files import FOLD_FILE, read_fold_record
     from mer_utils.train import AUGMENTATION_TEXT
 
     groups: dict[str, list[str]] = {}
