@@ -502,8 +502,8 @@ def warn_without_gpu() -> None:
 
     if not torch.cuda.is_available():
         warnings.warn("profile full-gpu on a machine without a CUDA GPU (torch sees none): each fold trains the "
-                      "paper's 30 epochs at 320 px on the CPU, an hour or more per fold (about 0.5 s per training "
-                      "image on 2 cores); --profile synthetic-cpu or -p overrides (e.g. -p epochs 10 -p image_size "
+                      "paper's 30 epochs at 320 px on the CPU, an hour or more per fold (about 0.75 s per training "
+                      "sample on 2 cores); --profile synthetic-cpu or -p overrides (e.g. -p epochs 10 -p image_size "
                       "64) run smaller", UserWarning, stacklevel=3)
 
 

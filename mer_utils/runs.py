@@ -46,8 +46,7 @@ import mer_utils
 from mer_utils.config import RESULT_NEUTRAL_FIELDS, ExperimentConfig, experiment_key, experiment_settings
 from mer_utils.data import PROTOCOLS, Sample, load_samples
 from mer_utils.errors import ConfigError, DatasetError, DataWarning, MerError, check_int
-from mer_utils.files import FOLD_FILE, read_fold_record
-from mer_utils.files import atomic_write_text
+from mer_utils.files import FOLD_FILE, atomic_write_text, read_fold_record
 from mer_utils.paths import EXPERIMENTS_DIR, PACKAGE_DIR, PROGRESS_ENV, repo_path
 from mer_utils.provenance import is_synthetic
 
