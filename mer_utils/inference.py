@@ -476,9 +476,10 @@ def predict_clip(model: LoadedModel, path: str | Path, onset: int | None = None,
 
     Refused (PreprocessError naming the clip) when the preprocessed image is one flat value
     (no movement between the window's frames: nothing to classify). Warns when the window
-    (eq. 1-2) is more than twice as long as the longest of the model's training clips, whose
-    key frames it spreads much further apart (give ``onset`` near the expression's start)."""
-    from mer_utils.preprocess import clip_window, preprocess_sample, sample_window
+    (eq. 1-2) is shorter than its 10 frames (the clip ends first, key frames repeat), or more
+    than twice as long as the longest of the model's training clips, whose key frames it
+    spreads much further apart (give ``onset`` near the expression's start)."""
+    from mer_utils.preprocess import MIN_WINDOW, clip_window, preprocess_sample, sample_window
     from mer_utils.spotting import spot_sample_apex
     from mer_utils.train import predict_probs
 
@@ -509,6 +510,10 @@ def predict_clip(model: LoadedModel, path: str | Path, onset: int | None = None,
                               f"(the {prep['method'].upper()} image is one flat value): nothing to classify")
     start, end = clip_window(sample.onset, sample.apex, sample.offset)
     trained = model.card.get("training_data", {}).get("window_frames") or []
+    if end - start < min([MIN_WINDOW, *trained[:1]]):  # shorter than eq. 2's window and every training clip's
+        warnings.warn(f"clip {clip.path}: its window {start}..{end} is shorter than eq. 2's {MIN_WINDOW} frames "
+                      f"(the clip ends first), so its key frames repeat ({', '.join(map(str, keys))}); a clip of "
+                      "its onset and at least ten frames after it is read as in training", UserWarning, stacklevel=2)
     if trained and end - start > 2 * trained[-1]:
         gap = keys[1] - keys[0] if len(keys) > 1 else end - start
         warnings.warn(f"clip {clip.path}: its window {start}..{end} spans {end - start} frames, more than twice the "

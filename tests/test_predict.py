@@ -223,6 +223,20 @@ def test_a_long_recording_warns_and_names_the_apex(setup, tmp_path, capsys):
     assert len(warning) == 1 and str(long) in warning[0] and "give --onset near the expression's start" in warning[0]
 
 
+def test_a_clip_shorter_than_the_minimum_window_warns(setup, tmp_path, capsys):
+    _, model_dir, unseen = setup
+    sample = unseen[0]
+    short = tmp_path / "short"
+    short.mkdir()
+    for n, number in enumerate((sample.onset, sample.apex - 1, sample.apex)):
+        shutil.copy(sample.frame_path(number), short / f"img{n + 1}.jpg")
+    with pytest.warns(UserWarning) as caught:
+        assert main(["predict", "--model", str(model_dir), "--clip", str(short)]) == 0
+    assert "window: onset 1" in capsys.readouterr().out
+    warning = [str(w.message) for w in caught if "shorter than eq. 2's 10 frames" in str(w.message)]
+    assert len(warning) == 1 and str(short) in warning[0] and "key frames repeat" in warning[0]
+
+
 def test_preprocessing_warnings_name_the_clip_once_per_kind(tmp_path):
     import warnings
 
