@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -449,7 +450,32 @@ def metrics_from_file(path: str | os.PathLike, protocol: str | None = None,
             raise
         raise EvaluationError(f"{path}: {err}") from None
     metrics["source"] = str(path)
+    for note in probability_notes(df):  # scored from pred_label all the same
+        warnings.warn(f"{path}: {note}", UserWarning, stacklevel=2)
+        metrics["notes"].append(note)
     return metrics
+
+
+def probability_notes(df: pd.DataFrame) -> list[str]:
+    """What does not add up between a table's ``prob_`` columns and its ``pred_label``: rows
+    whose predicted class is not (one of) the most probable, and rows whose probabilities do
+    not sum to 1 (within 0.01). Lines as the file numbers them (header line 1); none without
+    ``prob_`` columns."""
+    probs = prob_columns(df)
+    if not probs or len(df) == 0:
+        return []
+    values = df[probs].to_numpy(dtype=float)
+    names = [c[len(PROB_PREFIX):] for c in probs]
+    predicted = df["pred_label"].astype(str).str.strip().to_numpy()
+    own = np.array([values[i, names.index(p)] if p in names else np.nan for i, p in enumerate(predicted)])
+    notes = []
+    for what, bad in (("pred_label is not the class of the highest prob_ column", ~(own >= values.max(axis=1))),
+                      ("the prob_ columns do not sum to 1", np.abs(values.sum(axis=1) - 1.0) > 0.01)):
+        rows = np.flatnonzero(bad)
+        if len(rows):
+            lines = ", ".join(str(int(i) + 2) for i in rows[:_LIST_LIMIT]) + (", ..." if len(rows) > _LIST_LIMIT else "")
+            notes.append(f"on {len(rows)} of {len(df)} rows {what} (line(s) {lines}); the metrics use pred_label")
+    return notes
 
 
 def write_metrics(metrics: dict, path: str | os.PathLike) -> Path:

@@ -150,6 +150,20 @@ def test_metrics_from_file_names_the_file_of_a_duplicated_row(tmp_path):
         metrics_from_file(path)
 
 
+def test_labels_that_disagree_with_their_probabilities_are_noted(tmp_path):
+    path = tmp_path / "mine.csv"
+    frame = table([("casme2", "sub01", "EP01", "negative", "negative"), ("casme2", "sub01", "EP02", "positive", "positive")])
+    frame.loc[1, "prob_positive"], frame.loc[1, "prob_negative"] = 0.2, 0.5  # sums to 0.7, argmax negative
+    frame.to_csv(path, index=False)
+    with pytest.warns(UserWarning) as caught:
+        metrics = metrics_from_file(path)
+    assert metrics["accuracy"] == 1.0  # scored from pred_label
+    expected = ["on 1 of 2 rows pred_label is not the class of the highest prob_ column (line(s) 3); the metrics use "
+                "pred_label", "on 1 of 2 rows the prob_ columns do not sum to 1 (line(s) 3); the metrics use pred_label"]
+    assert [str(w.message) for w in caught] == [f"{path}: {note}" for note in expected]
+    assert metrics["notes"][-2:] == expected
+
+
 def test_a_column_named_twice_is_refused_not_renamed(tmp_path):
     path = tmp_path / "mine.csv"
     write_predictions(table([("casme2", "sub01", "EP01", "negative", "negative")]), path)
