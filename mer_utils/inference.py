@@ -217,8 +217,11 @@ def load_model(folder: str | Path) -> LoadedModel:
     except ConfigError as err:  # a value TrainConfig refuses (e.g. model.ensemble 0)
         raise ConfigError(f"{folder / CARD_FILE}: {err}") from None
     data = (folder / WEIGHTS_FILE).read_bytes()
-    expected = card.get("weights", {}).get("sha256")
-    if expected and hashlib.sha256(data).hexdigest() != expected:
+    expected = card.get("weights", {}).get("sha256") if isinstance(card.get("weights"), dict) else None
+    if not expected:  # every card mer train writes has it; without it, edited classes would pass unnoticed
+        raise ConfigError(f"{folder / CARD_FILE} lacks the field 'weights.sha256' of a model card (the checksum of "
+                          f"{WEIGHTS_FILE}): retrain it with `mer train`")
+    if hashlib.sha256(data).hexdigest() != expected:
         raise ConfigError(f"{folder / WEIGHTS_FILE} does not match the checksum in {CARD_FILE} (changed or truncated)")
     try:
         state = load(data)

@@ -288,6 +288,12 @@ def test_bad_model_folders_are_refused(setup, tmp_path, capsys):
         (typed / CARD_FILE).write_text(json.dumps(card))
         assert error_line(capsys, ["predict", "--model", str(typed), "--clip", clip]) == \
             f"error: {typed / CARD_FILE}: {message}"
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(model_dir, unsigned)
+    card = json.loads((unsigned / CARD_FILE).read_text())
+    del card["weights"]["sha256"]
+    (unsigned / CARD_FILE).write_text(json.dumps(card))
+    assert "lacks the field 'weights.sha256'" in error_line(capsys, ["predict", "--model", str(unsigned), "--clip", clip])
     twice = tmp_path / "twice"
     shutil.copytree(model_dir, twice)
     card = json.loads((twice / CARD_FILE).read_text())
