@@ -395,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     except MerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the stack of every thread and worker
+        print("interrupted: finished LOSO folds, cached images and executed notebooks are kept; the same command "
+              "goes on from them", file=sys.stderr)
+        return 130
     except OSError as exc:  # a path that is a file, a folder, missing or not writable
         if isinstance(exc, BrokenPipeError):  # `mer data --json | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

@@ -209,3 +209,16 @@ def test_predict_needs_a_clip_or_a_data_root_and_not_both(tmp_path, capsys):
     assert capsys.readouterr().err == usage + "\n"
     assert main(["predict", "--model", str(tmp_path), "--clip", str(tmp_path), "--root", str(tmp_path)]) == 2
     assert capsys.readouterr().err == usage + "; --clip and --root were both given\n"
+
+
+def test_ctrl_c_is_one_line_saying_what_is_kept(monkeypatch, capsys):
+    import mer_utils.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_data", interrupted)
+    assert cli.main(["data", "--root", "anywhere", "--protocol", "casme2-5class"]) == 130
+    assert capsys.readouterr().err == ("interrupted: finished LOSO folds, cached images and executed notebooks are "
+                                       "kept; the same command goes on from them\n")
+
