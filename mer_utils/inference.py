@@ -451,9 +451,8 @@ def _clip_text(message: str, clip: Clip, sample: Sample) -> str:
     video's frames by number (not the temporary files they were decoded to)."""
     message = message.replace(f"clip {sample.key}", f"clip {clip.path}").replace(sample.key, str(clip.path))
     if clip.is_video:
-        decoded = re.escape(str(clip.frames[0].parent)) + r"/frame_0*(\d+)\.bmp"
-        message = re.sub(r"\(" + decoded + r"\)", lambda m: f"(video frame {int(m.group(1))})", message)
-        message = re.sub(decoded, lambda m: f"(video frame {int(m.group(1))})", message)
+        decoded = r"(\()?" + re.escape(str(clip.frames[0].parent)) + r"/frame_0*(\d+)\.bmp(?(1)\))"  # "(path)" or path
+        message = re.sub(decoded, lambda m: f"(video frame {int(m.group(2))})", message)
     return message
 
 
@@ -482,7 +481,7 @@ def predict_clip(model: LoadedModel, path: str | Path, onset: int | None = None,
     (eq. 1-2) is shorter than its 10 frames (the clip ends first, key frames repeat), or more
     than twice as long as the longest of the model's training clips, whose key frames it
     spreads much further apart (give ``onset`` near the expression's start)."""
-    from mer_utils.preprocess import MIN_WINDOW, clip_window, preprocess_sample, sample_window
+    from mer_utils.preprocess import MIN_WINDOW, preprocess_sample, sample_window
     from mer_utils.spotting import spot_sample_apex
     from mer_utils.train import predict_probs
 
@@ -496,7 +495,7 @@ def predict_clip(model: LoadedModel, path: str | Path, onset: int | None = None,
                 if apex is None:
                     spotted = spot_sample_apex(sample, face_crop=prep["face_crop"])  # as load_samples(apex="spotted")
                     sample = sample.replace(apex=spotted.apex)
-                _, keys = sample_window(sample, prep["n_key"])
+                start, keys = sample_window(sample, prep["n_key"])
                 image = preprocess_sample(sample, prep["method"], n_key=prep["n_key"], face_crop=prep["face_crop"],
                                           size=prep["size"])
             except MerError as err:
@@ -511,7 +510,7 @@ def predict_clip(model: LoadedModel, path: str | Path, onset: int | None = None,
     if image.min() == image.max():
         raise PreprocessError(f"clip {clip.path}: no movement between its frames {sample.onset}..{sample.offset} "
                               f"(the {prep['method'].upper()} image is one flat value): nothing to classify")
-    start, end = clip_window(sample.onset, sample.apex, sample.offset)
+    end = keys[-1]  # the key frames end on the window's end (eq. 3-4)
     trained = model.card.get("training_data", {}).get("window_frames") or []
     if end - start < min([MIN_WINDOW, *trained[:1]]):  # shorter than eq. 2's window and every training clip's
         warnings.warn(f"clip {clip.path}: its window {start}..{end} is shorter than eq. 2's {MIN_WINDOW} frames "

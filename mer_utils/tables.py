@@ -9,7 +9,6 @@ CropNet row was trained (weights, epochs, image size, augmentation).
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 from pathlib import Path

@@ -175,7 +175,7 @@ def read_annotation_sheet(path: Path, required: Iterable[str]) -> Iterator[Sheet
         raise DatasetError(f"cannot read spreadsheet {path}: {error}") from None
     sheet = workbook.worksheets[0]
     rows = [tuple(row) for row in sheet.iter_rows(values_only=True)]
-    formulas = _unsaved_formulas(path, rows)
+    formulas = None  # read on the first blank cell of a read column: most sheets never need it
 
     header_index = None
     first_nonblank = None
@@ -211,7 +211,9 @@ def read_annotation_sheet(path: Path, required: Iterable[str]) -> Iterator[Sheet
         if all(cell is None or str(cell).strip() == "" for cell in row):
             continue
         cells = {key: (row[pos] if pos < len(row) else None) for key, pos in columns.items()}
-        unsaved = [header[pos] for key, pos in columns.items() if (index, pos) in formulas]
+        if formulas is None and None in cells.values():
+            formulas = _unsaved_formulas(path, rows)
+        unsaved = [header[pos] for pos in columns.values() if (index, pos) in (formulas or ())]
         if unsaved:
             raise DatasetError(
                 f"{path} row {index + 1}: column(s) {', '.join(str(c).strip() for c in unsaved)} hold a formula whose "
@@ -225,8 +227,6 @@ def _unsaved_formulas(path: Path, values: list[tuple]) -> set[tuple[int, int]]:
     (which openpyxl's cached values read as blank)."""
     import openpyxl
 
-    if not any(cell is None for row in values for cell in row):
-        return set()
     workbook = openpyxl.load_workbook(path, data_only=False)
     found = set()
     for r, row in enumerate(workbook.worksheets[0].iter_rows(values_only=True)):
