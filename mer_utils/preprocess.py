@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import io
 import json
 import math
 import multiprocessing
@@ -24,6 +25,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
+from PIL import Image  # torchvision's dependency
 
 from mer_utils.data.sample import Sample
 from mer_utils.files import atomic_write_bytes
@@ -203,15 +205,17 @@ def _method(method: str) -> Callable[..., np.ndarray]:
 
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"  # SOI and EOI markers
 PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"  # IEND chunk type and its CRC
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")  # little- and big-endian TIFF
 NEARLY_UNIFORM_STD = 3.0  # grey-level std below which an aligned frame is "nearly uniform"
 
 
 def truncation(data: bytes) -> str | None:
-    """Why ``data`` (a JPEG, PNG or BMP file's bytes) is cut short, or None when it is complete
+    """Why ``data`` (a JPEG, PNG, BMP or TIFF file's bytes) is cut short, or None when it is complete
     or another format. OpenCV decodes a truncated JPEG without an error, only libjpeg's
     "Premature end of JPEG file" on stderr and grey or garbled rows, so the end is checked
     here: a JPEG ends with the EOI marker FF D9 (a few bytes of padding after it allowed), a
-    PNG with its IEND chunk, a BMP is as long as its header says. Entropy-coded JPEG data never holds FF D9 (FF is stuffed as FF 00)."""
+    PNG with its IEND chunk, a BMP is as long as its header says, a TIFF holds its directory
+    and image data. Entropy-coded JPEG data never holds FF D9 (FF is stuffed as FF 00)."""
     if data.startswith(JPEG_START):
         if JPEG_END not in data[-256:]:  # some writers pad or append a few bytes after EOI
             return "the JPEG data stops before its end-of-image marker FF D9"
@@ -222,7 +226,44 @@ def truncation(data: bytes) -> str | None:
         declared = int.from_bytes(data[2:6], "little")  # the BMP header's file size (0 in a few writers)
         if declared > len(data):
             return f"the BMP header declares {declared} bytes"
+    elif data[:4] in TIFF_SIGNATURES:
+        return _tiff_truncation(data)
     return None
+
+
+def _tiff_truncation(data: bytes) -> str | None:
+    """Why a TIFF is cut short: its first directory (IFD) lies past the end (writers often put
+    it last), or its image strips or tiles end past it; None when neither."""
+    if len(data) < 8:
+        return "the TIFF header is incomplete"
+    directory = int.from_bytes(data[4:8], "little" if data[:2] == b"II" else "big")
+    if directory + 2 > len(data):
+        return f"the TIFF header places its directory at byte {directory}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data": OpenCV's decoder decides
+            with Image.open(io.BytesIO(data)) as image:
+                tags = image.tag_v2
+            offsets = tags.get(273) or tags.get(324) or ()  # StripOffsets or TileOffsets
+            counts = tags.get(279) or tags.get(325) or ()  # StripByteCounts or TileByteCounts
+    except Exception:  # noqa: BLE001 - a directory Pillow cannot parse is left to OpenCV's decoder
+        return None
+    end = max((int(o) + int(c) for o, c in zip(offsets, counts)), default=0)
+    return f"its image data ends at byte {end}" if end > len(data) else None
+
+
+def _decode_quietly(data: bytes) -> np.ndarray | None:
+    """``cv2.imdecode`` with OpenCV's own log silenced: a file it cannot decode gets the kit's
+    one line naming the clip and the file, not OpenCV's "[ERROR:0@...] ... TIFF_Error" lines
+    above it. (libjpeg's warnings do not pass through this log.)"""
+    if not data:
+        return None
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 def read_frame(path: str | Path, clip: str = "?") -> np.ndarray:
@@ -236,7 +277,7 @@ def read_frame(path: str | Path, clip: str = "?") -> np.ndarray:
     if cut is not None:
         raise PreprocessError(f"clip {clip}: frame {path} is truncated ({len(data)} bytes; {cut}); "
                               "copy or extract it again")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    image = _decode_quietly(data)
     if image is None:
         raise PreprocessError(f"clip {clip}: cannot read frame {path} (missing, not an image, or corrupt)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -358,7 +358,7 @@ def write_clip_as(root: Path, clip: str, suffix: str):
     return sample.replace(frames=tuple(paths))
 
 
-@pytest.mark.parametrize("suffix", [".jpg", ".png", ".bmp"])
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".bmp", ".tif"])
 def test_truncated_frame_that_opencv_half_decodes_is_an_error_naming_the_file(tmp_path, suffix):
     sample = write_clip_as(tmp_path, "EP_cut", suffix)
     key_frame = sample.frames[-1]
@@ -372,6 +372,26 @@ def test_truncated_frame_that_opencv_half_decodes_is_an_error_naming_the_file(tm
         preprocess_sample(sample, "ars", face_crop="none", size=64)
     with pytest.raises(PreprocessError, match=rf"img3\{suffix} is truncated"):  # the LBP-TOP reader
         aligned_crops(sample, [1, 2, 3], size=32, face_crop="none")
+
+
+def test_tiff_with_its_directory_first_and_its_data_cut_is_truncated_and_opencv_stays_quiet(tmp_path, capfd):
+    """Pillow writes the directory before the image data (OpenCV after it, the case above): the
+    strips' recorded ends are checked. A TIFF OpenCV cannot decode gets the kit's line only,
+    without OpenCV's "[ERROR:0@...] TIFF_Error" lines on stderr."""
+    from PIL import Image
+
+    path = tmp_path / "img1.tif"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
+    np.testing.assert_array_equal(read_frame(path, "c").shape, (40, 50, 3))
+    data = path.read_bytes()
+    path.write_bytes(data[:-500])
+    with pytest.raises(PreprocessError, match=rf"frame .*img1\.tif is truncated \({len(data) - 500} bytes; its image data ends at byte {len(data)}\)"):
+        read_frame(path, "c")
+    path.write_bytes(b"II*\x00\x08\x00\x00\x00" + b"\xff" * 64)  # a directory that is not one
+    capfd.readouterr()
+    with pytest.raises(PreprocessError, match=r"cannot read frame .*img1\.tif \(missing, not an image, or corrupt\)"):
+        read_frame(path, "c")
+    assert "ERROR" not in capfd.readouterr().err
 
 
 def test_complete_jpeg_frames_still_read_with_padding_after_the_end_marker(tmp_path):
