@@ -138,17 +138,20 @@ def plot_curve(table: pd.DataFrame, x: str, columns: Sequence[str], title: str, 
     return fig
 
 
-def plot_epoch_losses(losses: Sequence[float], title: str, path: str | Path | None = None):
-    """One run's training loss per epoch (notebook 03's fold), saved as PNG when ``path`` is given."""
-    fig = plot_loss_curves({"training loss": losses}, title)
+def plot_epoch_losses(losses: Sequence[float], title: str, path: str | Path | None = None,
+                      ylabel: str = "training loss (mean over the epoch's batches)"):
+    """One run's training loss per epoch (notebook 03's fold, notebook 08's model), saved as
+    PNG when ``path`` is given."""
+    fig = plot_loss_curves({"training loss": losses}, title, ylabel=ylabel)
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
 
 
-def plot_loss_curves(curves: Mapping[str, Sequence[float]], title: str):
+def plot_loss_curves(curves: Mapping[str, Sequence[float]], title: str, ylabel: str = "mean training loss over folds"):
     """Mean training loss per epoch (over the LOSO folds) of several experiments, one line
-    each: the evidence that every CropNet row of a table was trained until its loss flattened."""
+    each: the evidence of how far every CropNet row of a table was trained in its epochs,
+    which were fixed before the run."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -159,7 +162,7 @@ def plot_loss_curves(curves: Mapping[str, Sequence[float]], title: str):
             ax.plot(range(1, len(losses) + 1), losses, marker="." if len(losses) > 12 else "o", label=name)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("mean training loss over folds")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=8)

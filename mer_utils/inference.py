@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -646,15 +646,25 @@ def _augmentation(training: dict) -> str:
 
 
 def model_summary(model: LoadedModel) -> str:
-    """The model in one line for a report's summary, from its card: samples, epochs, input
-    size, networks, weights."""
+    """The model in one line for a report's summary, from its card: samples, epochs, batch,
+    learning rates, augmentation, input size, networks, weights."""
     from mer_utils.tables import ensemble_text, epochs_text
+    from mer_utils.train import AUGMENTATION_TEXT
 
     card = model.card
-    networks = ensemble_text(card["model"].get("ensemble", 1), card["training"]["seed"])
-    return (f"{card['training_data']['n_samples']} samples, {epochs_text(card['training']['epochs'])} at "
-            f"{card['model']['image_size']} px{networks}, "
+    training = card["training"]
+    networks = ensemble_text(card["model"].get("ensemble", 1), training["seed"])
+    return (f"{card['training_data']['n_samples']} samples, {epochs_text(training['epochs'])} at "
+            f"{card['model']['image_size']} px{networks}, batch {training['batch_size']}, {_rates(training)}, "
+            f"{AUGMENTATION_TEXT[_augmentation(training)]}, "
             f"backbone {'pretrained' if card['model']['pretrained'] else 'from scratch'}")
+
+
+def _rates(training: Mapping) -> str:
+    """"lr 0.001 (fully connected layers 0.0001)" from a card's training record (older cards
+    lack fc_lr)."""
+    fc = f" (fully connected layers {training['fc_lr']:g})" if "fc_lr" in training else ""
+    return f"lr {training['lr']:g}{fc}"
 
 
 def card_table(model: LoadedModel) -> pd.DataFrame:
@@ -671,9 +681,11 @@ def card_table(model: LoadedModel) -> pd.DataFrame:
         "backbone": f"{card['model']['backbone']} ({'ImageNet ' + str(card['model']['pretrained_weights']) if card['model']['pretrained'] else 'from scratch'})",
         "CropNet input": f"{card['model']['image_size']} px, CGPO {'on' if card['model']['cgpo'] else 'off'}"
                          + ensemble_text(card["model"].get("ensemble", 1), card["training"]["seed"]),
-        "training": f"{card['training']['epochs']} epochs, batch {card['training']['batch_size']}, lr {card['training']['lr']}, "
+        "training": f"{card['training']['epochs']} epochs, batch {card['training']['batch_size']}, {_rates(card['training'])}, "
                     f"{AUGMENTATION_TEXT[_augmentation(card['training'])]}, seed {card['training']['seed']}, "
                     f"final loss {card['training']['epoch_losses'][-1]:.4f}",
+        "testing": "BatchNorm statistics of the un-augmented training images"
+                   if card["training"].get("recalibrate_bn", False) else "BatchNorm running averages (as the paper)",
         "training data": f"{card['training_data']['n_samples']} samples of {card['training_data']['n_subjects']} subjects, "
                          f"{card['training_data']['description']}",
         "kit version, created": f"{card['kit_version']}, {card['created']}",

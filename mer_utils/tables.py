@@ -214,9 +214,11 @@ def epochs_text(epochs: int, noun: str = "epoch") -> str:
 
 
 def ensemble_text(ensemble: int, seed: int) -> str:
-    """How reports name an ensemble after a model's other settings: "" for one network,
-    else ", 2 networks (seeds 0..1), softmax averaged"."""
-    return "" if ensemble == 1 else f", {ensemble} networks (seeds {seed}..{seed + ensemble - 1}), softmax averaged"
+    """How reports name the networks after a model's other settings: ", one network (seed
+    0)" (the paper's), or ", 2 networks (seeds 0..1), softmax averaged"."""
+    if ensemble == 1:
+        return f", one network (seed {seed})"
+    return f", {ensemble} networks (seeds {seed}..{seed + ensemble - 1}), softmax averaged"
 
 
 def fold_training_note(record: Mapping, ensemble: int = 1, seed: int = 0) -> str:

@@ -339,7 +339,9 @@ def test_an_ensemble_model_folder_round_trips(setup, tmp_path):
     assert "2 networks (seeds 5..6), softmax averaged" in card_table(model).loc["CropNet input", "value"]
     n = model.card["training_data"]["n_samples"]  # the reports index's line for notebook 08 names both networks
     assert model_summary(model) == (f"{n} samples, 1 epoch at 32 px, 2 networks (seeds 5..6), softmax averaged, "
+                                    "batch 8, lr 0.001 (fully connected layers 0.0001), the paper's four augmentations, "
                                     "backbone from scratch")
+    assert card_table(model).loc["testing", "value"] == "BatchNorm statistics of the un-augmented training images"
     prediction = predict_clip(model, unseen[0].frames[0].parent)
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0)
     # a card that names another number of networks than its weights hold: one clear error

@@ -203,8 +203,8 @@ def test_training_note_reads_the_fold_records(tmp_path):
     baseline = ExperimentResult(ExperimentConfig(root=str(tmp_path), protocol="casme2-5class", method="lbptop"),
                                 tmp_path, {})
     note = tables.training_note({"ARS + CropNet": cropnet, "LBP-TOP": baseline})
-    assert ("CropNet trained from scratch (no ImageNet weights), 3 epochs (fixed before the run), lr 0.001 "
-            "(fully connected layers 0.0001), "
+    assert ("CropNet trained from scratch (no ImageNet weights), 3 epochs (fixed before the run), one network "
+            "(seed 0), lr 0.001 (fully connected layers 0.0001), "
             "batch 8, at 64 px, the paper's four augmentations, tested with BatchNorm statistics of the "
             "un-augmented training images: ARS + CropNet.") in note
     assert "LBP-TOP: LBP-TOP features and a linear SVM" in note
@@ -520,7 +520,7 @@ def test_fold_progress_prints_the_runners_lines_on_this_console(capsys, monkeypa
 
 
 def test_fold_training_note_counts_epochs_and_names_an_ensemble_or_the_baseline():
-    assert tables.fold_training_note({"epoch_losses": [1.6]}) == "1 training epoch"
+    assert tables.fold_training_note({"epoch_losses": [1.6]}) == "1 training epoch, one network (seed 0)"
     assert tables.fold_training_note({"epoch_losses": [1.6, 1.2]}, ensemble=2, seed=3) == (
         "2 training epochs, 2 networks (seeds 3..4), softmax averaged")
     assert tables.fold_training_note({"epoch_losses": []}) == "linear SVM"
