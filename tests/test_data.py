@@ -22,7 +22,7 @@ from mer_utils.data import (
     samples_to_records,
     summary_table,
 )
-from mer_utils.errors import DatasetError
+from mer_utils.errors import DatasetError, DataWarning
 
 # ----------------------------------------------------------------------------- fake datasets
 
@@ -156,6 +156,47 @@ def test_casme2_variants(tmp_path):
         read_casme2(folder, variant="aligned")
 
 
+def test_the_folder_levels_the_real_archives_unpack_into_are_read(tmp_path):
+    """CASME2_RAW_selected twice, the 2019 release's Cropped-updated/Cropped, SAMM/SAMM with
+    the dated sheet name, SMIC/SMIC_all_raw/HS and SMIC_all_cropped/HS: read as the flat
+    layouts, the same clips."""
+    import shutil
+
+    flat = len(read_casme2(make_casme2(tmp_path / "flat")))
+    folder = make_casme2(tmp_path / "twice")
+    raw = folder / "CASME2_RAW_selected"
+    raw.rename(folder / "tmp")
+    raw.mkdir()
+    (folder / "tmp").rename(raw / "CASME2_RAW_selected")
+    assert len(read_casme2(folder)) == flat
+    folder = make_casme2(tmp_path / "updated", variants=("cropped",))
+    (folder / "Cropped-updated").mkdir()
+    (folder / "Cropped").rename(folder / "Cropped-updated" / "Cropped")
+    (folder / "CASME2-coding-20140508.xlsx").rename(folder / "CASME2-coding-20190701.xlsx")
+    samples = read_casme2(folder)
+    assert len(samples) == flat and samples[0].extra["variant"] == "cropped"
+
+    folder = make_samm(tmp_path / "samm")
+    nested = folder / "SAMM"
+    nested.mkdir()
+    for child in list(folder.iterdir()):
+        if child.name != "SAMM":
+            child.rename(nested / child.name)
+    (nested / "SAMM_Micro_FACS_Codes_v2.xlsx").rename(nested / "SAMM_20181215_Micro_FACS_Codes_v2.xlsx")
+    assert len(read_samm(folder)) == len(SAMM_ROWS)
+    shutil.copy(nested / "SAMM_20181215_Micro_FACS_Codes_v2.xlsx", nested / "SAMM_Micro_FACS_Codes_v1.xlsx")
+    with pytest.raises(DatasetError, match=r"expected one annotation file SAMM\*Micro_FACS_Codes\*\.xlsx, found "
+                                           r"SAMM_20181215_Micro_FACS_Codes_v2\.xlsx, SAMM_Micro_FACS_Codes_v1\.xlsx"):
+        read_samm(folder)
+
+    for release in ("SMIC_all_cropped", "SMIC_all_raw"):
+        smic = make_smic(tmp_path / release)
+        (smic / release).mkdir()
+        (smic / "HS").rename(smic / release / "HS")
+        samples = read_smic(smic)
+        assert len(samples) == len(SMIC_CLIPS) and release in str(samples[0].frames[0])
+
+
 def test_read_samm_records(tmp_path):
     samples = by_clip(read_samm(make_samm(tmp_path)))
     assert sorted(samples) == ["006_1_2", "007_3_1", "007_5_3", "009_2_1", "009_3_2"]
@@ -247,11 +288,50 @@ def test_onset_after_offset_names_row(tmp_path):
         read_casme2(folder)
 
 
-def test_apex_outside_clip_names_row(tmp_path):
+def test_rows_that_disagree_with_their_frames_as_the_real_sheets_do_are_mended_with_one_warning(tmp_path):
+    """The real sheets hold a few such rows (an apex outside its clip in SAMM, a CASME II clip
+    whose last annotated frames are not on disk, an offset typed before the onset): each is
+    mended to the frames on disk and named, with the row, in one DataWarning."""
     rows = list(SAMM_ROWS)
-    rows[0] = (6, "006_1_2", 100, 150, 110, "Anger")
-    with pytest.raises(DatasetError, match=r"SAMM_Micro_FACS_Codes_v2\.xlsx row 15: apex 150 is outside \[onset 100, offset 110\]"):
+    rows[0] = (6, "006_1_2", 100, 150, 110, "Anger")  # apex outside [onset, offset]
+    folder = make_samm(tmp_path, rows=rows)
+    with pytest.warns(DataWarning, match=r"1 row\(s\) of .*SAMM_Micro_FACS_Codes_v2\.xlsx mended to fit the frames on "
+                                         r"disk: SAMM_Micro_FACS_Codes_v2\.xlsx row 15 \(samm/006/006_1_2\): apex 150 is "
+                                         r"outside \[onset 100, offset 110\]: the middle frame 105 is used"):
+        sample = by_clip(read_samm(folder))["006_1_2"]
+    assert (sample.onset, sample.apex, sample.offset, sample.apex_inferred) == (100, 105, 110, True)
+    assert sample.extra["annotated_apex"] == 150 and "apex 150" in sample.extra["mended"]
+
+    folder = make_casme2(tmp_path / "casme2")
+    clip = folder / "CASME2_RAW_selected" / "sub04" / "EP13_04"
+    (clip / "img14.jpg").unlink()  # the annotated offset's file is missing: 10..13 on disk
+    (clip / "img10.jpg").unlink()  # and the onset's
+    with pytest.warns(DataWarning) as caught:
+        sample = by_clip(read_casme2(folder))["EP13_04"]
+    message = str(caught[0].message)
+    assert "row 7 (casme2/sub04/EP13_04): onset frame 10 has no file: the clip starts at the next frame on disk, 11" in message
+    assert "offset frame 14 has no file (frames on disk: 11..13): the clip ends at the last frame on disk before it, 13" in message
+    assert (sample.onset, sample.apex, sample.offset, sample.apex_inferred) == (11, 12, 13, False)  # apex 12 kept
+
+    wb = openpyxl.load_workbook(folder / "CASME2-coding-20140508.xlsx")
+    wb.active["F2"] = 2  # sub01/EP02_01f: offset 2 typed before onset 5; frames 5..12 on disk
+    wb.save(folder / "CASME2-coding-20140508.xlsx")
+    with pytest.warns(DataWarning, match=r"row 2 \(casme2/sub01/EP02_01f\): offset 2 is before onset 5: the clip ends "
+                                         r"at its folder's last frame, 12"):
+        sample = by_clip(read_casme2(folder))["EP02_01f"]
+    assert (sample.onset, sample.apex, sample.offset) == (5, 9, 12)
+
+
+def test_a_sheet_with_many_rows_that_disagree_with_the_frames_is_refused(tmp_path):
+    """More rows to mend than a few flawed ones (at least 3, or 5 % of the rows) means the sheet
+    does not describe these frames: refused, listing the rows, nothing mended silently."""
+    rows = [(6, f"006_1_{i}", 100, 150, 110, "Anger") for i in range(4)] + list(SAMM_ROWS[1:])
+    with pytest.raises(DatasetError) as raised:
         read_samm(make_samm(tmp_path, rows=rows))
+    message = str(raised.value)
+    assert message.startswith("4 rows disagree with the frames on disk, more than the 3 the kit mends with a warning: "
+                              "is SAMM_Micro_FACS_Codes_v2.xlsx the annotation of these frames? reading ")
+    assert message.count("apex 150 is outside [onset 100, offset 110]") == 4
 
 
 def test_missing_clip_folder_names_row_and_folder(tmp_path):
@@ -270,18 +350,35 @@ def test_empty_clip_folder_is_an_error(tmp_path):
         frame.unlink()
     with pytest.raises(DatasetError, match=r"row 19: clip folder .*009/009_3_2 holds no frame images"):
         read_samm(folder)
-    smic = make_smic(tmp_path / "smic")
-    (smic / "HS" / "s2" / "micro" / "surprise" / "s2_sur_02").mkdir()
-    with pytest.raises(DatasetError, match=r"s2_sur_02 holds no frame images"):
-        read_smic(smic)
 
 
-def test_annotated_frame_without_file_names_it(tmp_path):
+
+def test_a_smic_clip_folder_without_frames_is_left_out_and_a_list_naming_it_says_so(root):
+    """SMIC has no sheet: its clips are its folders, and the real SMIC_all_cropped holds one
+    folder whose frames were lost (s18_sur_03, in the official list). It is left out with a
+    warning; a sample list naming it runs on the rest and says how many remain."""
+    (root / "SMIC" / "HS" / "s2" / "micro" / "surprise" / "s2_sur_02").mkdir()
+    with pytest.warns(DataWarning, match=r"1 SMIC-HS clip folder\(s\) without frame images left out: .*s2_sur_02"):
+        assert "s2_sur_02" not in by_clip(read_smic(root / "SMIC"))
+    path = root / "gt.csv"
+    path.write_text(OFFICIAL_STYLE + "smic,s02,s02_sur_02,2\n")
+    with pytest.warns(DataWarning) as caught:
+        samples = load_samples(root, "megc2019", megc_list=path)
+    assert len(samples) == 4 and "s2_sur_02" not in by_clip(samples)
+    assert any(str(w.message).startswith("1 sample(s) listed in ") and "left out, so the set holds 4 of its 5: "
+               "smic/s2/s2_sur_02 (line 7): its folder " in str(w.message) for w in caught)
+
+
+def test_an_annotated_frame_without_file_inside_the_window_is_mended_and_a_window_without_frames_refused(tmp_path):
     folder = make_casme2(tmp_path)
-    (folder / "CASME2_RAW_selected" / "sub04" / "EP13_04" / "img14.jpg").unlink()
-    with pytest.raises(DatasetError, match=r"row 7: offset frame 14 has no file in .*sub04/EP13_04 \(frames on disk: 10\.\.13"):
+    clip = folder / "CASME2_RAW_selected" / "sub04" / "EP13_04"
+    (clip / "img12.jpg").unlink()  # the annotated apex
+    with pytest.warns(DataWarning, match=r"row 7 \(casme2/sub04/EP13_04\): apex 12 has no file: the middle frame 11 is used"):
+        assert by_clip(read_casme2(folder))["EP13_04"].apex == 11
+    for number in (11, 13, 14):
+        (clip / f"img{number}.jpg").unlink()  # only the onset, 10, is left: nothing to mend with
+    with pytest.raises(DatasetError, match=r"row 7: offset frame 14 has no file in .*sub04/EP13_04 \(frames on disk: 10\.\.10"):
         read_casme2(folder)
-
 
 
 def test_unannotated_apex_in_a_gap_is_the_nearest_frame_on_disk(tmp_path):

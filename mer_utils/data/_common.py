@@ -4,14 +4,16 @@ Reading stays fast: folders are listed (one ``scandir`` per clip), images are ne
 """
 from __future__ import annotations
 
+import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from mer_utils.data.sample import Sample
-from mer_utils.errors import DatasetError
+from mer_utils.errors import DatasetError, DataWarning
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 HEADER_SEARCH_ROWS = 30
@@ -59,6 +61,13 @@ def list_frames(folder: Path) -> tuple[tuple[Path, ...], tuple[int, ...]]:
     return tuple(numbered[n] for n in numbers), numbers
 
 
+def holds_frames(folder: Path) -> bool:
+    """Whether ``folder`` holds at least one (non-hidden) image file, as list_frames counts them."""
+    with os.scandir(folder) as entries:
+        return any(not e.name.startswith(".") and e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+                   for e in entries)
+
+
 def middle_frame(onset: int, offset: int) -> int:
     """The apex used when none is annotated: ``onset + (offset - onset) // 2`` (docs/method.md 1.1)."""
     return onset + (offset - onset) // 2
@@ -77,6 +86,7 @@ def make_sample(
     where: str,
     extra: dict | None = None,
     listing: tuple[tuple[Path, ...], tuple[int, ...]] | None = None,
+    mend: bool = False,
 ) -> Sample:
     """Build a Sample after checking the annotation against the frames on disk.
 
@@ -84,18 +94,25 @@ def make_sample(
     numbers skip it, the nearest frame on disk, the earlier on a tie) and ``apex_inferred`` set.
     ``where`` names the annotation source (``file row 5`` or a folder) in every error.
     ``listing`` is ``list_frames(folder)`` when the caller already has it.
+
+    ``mend`` (annotation sheets): the disagreements between a row and its frames that the
+    real sheets hold (docs/method.md, "Where the real annotations disagree with their
+    frames") are mended instead of refused, and the mend is described in
+    ``extra["mended"]`` for the caller to warn about and count (:func:`read_sheet_samples`):
+    an onset or offset frame without a file moves to the nearest frame on disk inside the
+    annotated window; an offset before the onset becomes the clip folder's last frame; an
+    apex outside the window or without a file becomes the middle frame (``apex_inferred``,
+    the annotation kept in ``extra["annotated_apex"]``).
     """
-    if onset > offset:
-        raise DatasetError(f"{where}: onset {onset} is after offset {offset} ({dataset}/{subject}/{clip})")
+    key = f"{dataset}/{subject}/{clip}"
     if onset == offset:  # eq. 5 and 6 would sum no movement: an all-zero image
-        raise DatasetError(f"{where}: onset and offset are both frame {onset} ({dataset}/{subject}/{clip}); "
+        raise DatasetError(f"{where}: onset and offset are both frame {onset} ({key}); "
                            "a clip needs at least two frames")
+    if onset > offset and not mend:
+        raise DatasetError(f"{where}: onset {onset} is after offset {offset} ({key})")
     apex_inferred = apex is None
-    if apex is not None and not onset <= apex <= offset:
-        raise DatasetError(
-            f"{where}: apex {apex} is outside [onset {onset}, offset {offset}] "
-            f"({dataset}/{subject}/{clip})"
-        )
+    if apex is not None and not onset <= apex <= offset and not mend:
+        raise DatasetError(f"{where}: apex {apex} is outside [onset {onset}, offset {offset}] ({key})")
     if listing is None:
         try:
             listing = list_frames(folder)
@@ -103,9 +120,20 @@ def make_sample(
             raise DatasetError(f"{where}: {error}") from None
     frames, numbers = listing
     on_disk = set(numbers)
+    extra = dict(extra or {})
+    if mend:
+        annotated_apex = apex
+        onset, apex, offset, mended = _mend_window(onset, apex, offset, numbers)
+        if mended:
+            extra["mended"] = "; ".join(mended)
+            if apex is None and annotated_apex is not None:
+                extra["annotated_apex"] = annotated_apex
+            apex_inferred = apex is None
+        if onset > offset:
+            raise DatasetError(f"{where}: onset {onset} is after offset {offset} ({key}), and the clip folder "
+                               f"holds no frame after the onset (frames on disk: {numbers[0]}..{numbers[-1]})")
     if apex is None:
-        middle = middle_frame(onset, offset)
-        apex = min((n for n in numbers if onset <= n <= offset), key=lambda n: (abs(n - middle), n), default=middle)
+        apex = _middle_on_disk(onset, offset, numbers)
     for name, number in (("onset", onset), ("apex", apex), ("offset", offset)):
         if number not in on_disk:
             raise DatasetError(
@@ -123,21 +151,53 @@ def make_sample(
         apex_inferred=apex_inferred,
         frames=frames,
         frame_numbers=numbers,
-        extra=dict(extra or {}),
+        extra=extra,
     )
 
 
-def raise_collected(problems: list[str], source: Path | str) -> None:
+def _middle_on_disk(onset: int, offset: int, numbers: tuple[int, ...]) -> int:
+    """The middle frame, or the frame on disk nearest to it (the earlier on a tie)."""
+    middle = middle_frame(onset, offset)
+    return min((n for n in numbers if onset <= n <= offset), key=lambda n: (abs(n - middle), n), default=middle)
+
+
+def _mend_window(onset: int, apex: int | None, offset: int, numbers: tuple[int, ...]):
+    """(onset, apex, offset, mends): the annotated window fitted to the frame numbers on disk
+    (see :func:`make_sample`'s ``mend``); ``mends`` says what changed, empty when nothing did."""
+    on_disk, mends = set(numbers), []
+    if onset > offset and onset in on_disk and numbers[-1] > onset:
+        mends.append(f"offset {offset} is before onset {onset}: the clip ends at its folder's last frame, {numbers[-1]}")
+        offset = numbers[-1]
+    if onset < offset and onset not in on_disk:
+        later = [n for n in numbers if onset < n < offset]
+        if later:
+            mends.append(f"onset frame {onset} has no file: the clip starts at the next frame on disk, {later[0]}")
+            onset = later[0]
+    if onset < offset and offset not in on_disk:
+        earlier = [n for n in numbers if onset < n < offset]
+        if earlier:
+            mends.append(f"offset frame {offset} has no file (frames on disk: {numbers[0]}..{numbers[-1]}): "
+                         f"the clip ends at the last frame on disk before it, {earlier[-1]}")
+            offset = earlier[-1]
+    if apex is not None and onset < offset and (not onset <= apex <= offset or apex not in on_disk):
+        why = "has no file" if onset <= apex <= offset else f"is outside [onset {onset}, offset {offset}]"
+        mends.append(f"apex {apex} {why}: the middle frame {_middle_on_disk(onset, offset, numbers)} is used, "
+                     "as for a clip without an annotated apex")
+        apex = None
+    return onset, apex, offset, mends
+
+
+def raise_collected(problems: list[str], source: Path | str, heading: str = "") -> None:
     """Raise one DatasetError: one problem on one line, several listed one a line (up to
-    MAX_LISTED_PROBLEMS) below their count."""
+    MAX_LISTED_PROBLEMS) below their count, or below ``heading`` when given."""
     if not problems:
         return
-    if len(problems) == 1:
+    if len(problems) == 1 and not heading:
         raise DatasetError(f"reading {source}: {problems[0]}")
     shown = "\n  - ".join(problems[:MAX_LISTED_PROBLEMS])
     more = len(problems) - MAX_LISTED_PROBLEMS
     tail = f"\n  ... and {more} more" if more > 0 else ""
-    raise DatasetError(f"{len(problems)} problem(s) reading {source}:\n  - {shown}{tail}")
+    raise DatasetError(f"{heading or f'{len(problems)} problem(s)'} reading {source}:\n  - {shown}{tail}")
 
 
 # ----------------------------------------------------------------------------- spreadsheets
@@ -325,11 +385,22 @@ def check_unique(samples: list[Sample], sources: list[str], source: Path) -> Non
     raise_collected(problems, source)
 
 
+MENDED_ROWS_FRACTION = 0.05  # rows of a sheet mended with a warning, at most (at least MENDED_ROWS_MIN)
+MENDED_ROWS_MIN = 3
+
+
 def read_sheet_samples(annotation: Path, required: Iterable[str], row_sample: Callable[[SheetRow, str], Sample],
                        dataset_name: str) -> list[Sample]:
     """Every sample of an annotation sheet (CASME II, SAMM), sorted by subject and clip:
     ``row_sample(row, where)`` makes each; the problems of all rows are raised together
-    (raise_collected), then an empty sheet, then a clip annotated twice."""
+    (raise_collected), then an empty sheet, then a clip annotated twice.
+
+    Rows whose frames :func:`make_sample` mended (``extra["mended"]``: the real sheets'
+    few rows that disagree with their frames) are named in one DataWarning. More than
+    ``max(MENDED_ROWS_MIN, MENDED_ROWS_FRACTION of the rows)`` of them is not a few flawed
+    rows but a sheet that does not describe these frames (another version of the data, a
+    shifted column): refused, the rows listed.
+    """
     samples: list[Sample] = []
     sources: list[str] = []
     problems: list[str] = []
@@ -340,10 +411,20 @@ def read_sheet_samples(annotation: Path, required: Iterable[str], row_sample: Ca
             sources.append(where)
         except DatasetError as error:
             problems.append(str(error))
+    mended = [f"{where} ({sample.key}): {sample.extra['mended']}"
+              for sample, where in zip(samples, sources) if "mended" in sample.extra]
+    limit = max(MENDED_ROWS_MIN, math.ceil(MENDED_ROWS_FRACTION * (len(samples) + len(problems))))
+    if len(mended) > limit:
+        raise_collected(mended + problems, annotation,
+                        f"{len(mended)} rows disagree with the frames on disk, more than the {limit} the kit mends "
+                        f"with a warning: is {annotation.name} the annotation of these frames?")
     raise_collected(problems, annotation)
     if not samples:
         raise DatasetError(f"{annotation}: the sheet has no data rows below its header: no {dataset_name} sample")
     check_unique(samples, sources, annotation)
+    if mended:
+        warnings.warn(f"{len(mended)} row(s) of {annotation} mended to fit the frames on disk: " + "; ".join(mended),
+                      DataWarning, stacklevel=4)
     return sorted(samples, key=lambda s: (s.subject, s.clip))
 
 
@@ -375,4 +456,5 @@ def sheet_row_sample(row: SheetRow, where: str, *, dataset: str, subject_of: Cal
         folder=clips_dir / subject / clip,
         where=where,
         extra={**extra, "annotation": where},
+        mend=True,
     )

@@ -20,6 +20,13 @@ from mer_utils.data.sample import Sample
 from mer_utils.errors import DatasetError
 
 VARIANT_FOLDERS = {"raw": "CASME2_RAW_selected", "cropped": "Cropped"}
+# Where each variant's subject folders may sit, first match wins: the folder itself, the same
+# name twice (as some archives unpack), and the 2019 release's Cropped-updated/Cropped.
+VARIANT_PLACES = {
+    "raw": ("CASME2_RAW_selected", "CASME2_RAW_selected/CASME2_RAW_selected"),
+    "cropped": ("Cropped", "Cropped/Cropped", "Cropped-updated/Cropped", "Cropped-updated"),
+}
+_SUBJECT_FOLDER = re.compile(r"^sub\d+$", re.IGNORECASE)
 ANNOTATION_PATTERN = "CASME2-coding-*.xlsx"
 REQUIRED_COLUMNS = ("Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame", "Estimated Emotion")
 _SUBJECT = re.compile(r"^(?:sub)?0*(\d+)$", re.IGNORECASE)
@@ -37,7 +44,7 @@ def find_annotation(casme2_dir: Path) -> Path:
     """The single ``CASME2-coding-*.xlsx`` in ``casme2_dir`` (DatasetError if none or several)."""
     found = sorted(casme2_dir.glob(ANNOTATION_PATTERN))
     if len(found) != 1:
-        what = "none" if not found else ", ".join(p.name for p in found)
+        what = "none" if not found else ", ".join(p.name for p in found) + ": keep the one that describes these frames"
         raise DatasetError(
             f"{casme2_dir}: expected exactly one annotation file {ANNOTATION_PATTERN}, found {what}"
         )
@@ -45,14 +52,21 @@ def find_annotation(casme2_dir: Path) -> Path:
 
 
 def frames_folder(casme2_dir: Path, variant: str = "auto") -> tuple[Path, str]:
-    """The frames folder and its variant name; "auto" prefers CASME2_RAW_selected over Cropped."""
+    """The folder holding the subject folders sub01, sub02, ... and its variant name; "auto"
+    prefers CASME2_RAW_selected over Cropped. Each variant's folder may also sit one level
+    down (VARIANT_PLACES: ``CASME2_RAW_selected/CASME2_RAW_selected``, the 2019 release's
+    ``Cropped-updated/Cropped``)."""
     if variant not in ("auto", *VARIANT_FOLDERS):
         raise DatasetError(f"CASME II variant {variant!r} is not one of auto, raw, cropped")
     candidates = ["raw", "cropped"] if variant == "auto" else [variant]
     for name in candidates:
-        folder = casme2_dir / VARIANT_FOLDERS[name]
-        if folder.is_dir():
-            return folder, name
+        for place in VARIANT_PLACES[name]:
+            folder = casme2_dir / place
+            if folder.is_dir() and any(_SUBJECT_FOLDER.match(p.name) and p.is_dir() for p in folder.iterdir()):
+                return folder, name
+    for name in candidates:  # present but without subject folders: its rows name the missing clips
+        if (casme2_dir / VARIANT_FOLDERS[name]).is_dir():
+            return casme2_dir / VARIANT_FOLDERS[name], name
     expected = " or ".join(VARIANT_FOLDERS[name] for name in candidates)
     raise DatasetError(f"{casme2_dir}: no frames folder {expected} (variant={variant!r})")
 

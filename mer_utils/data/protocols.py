@@ -258,7 +258,9 @@ def load_samples(
         entries = list(megc_list) if not isinstance(megc_list, (str, Path)) else read_megc_list(megc_list)
         source = megc_list if isinstance(megc_list, (str, Path)) else "the MEGC2019 list"
         datasets = [d for d in proto.datasets if any(e.dataset == d for e in entries)]
-        chosen = _listed_samples(entries, _read_datasets(root, datasets, casme2_variant), proto, root, source)
+        left_out: dict[str, str] = {}
+        samples = _read_datasets(root, datasets, casme2_variant, left_out)
+        chosen = _listed_samples(entries, samples, proto, root, source, left_out)
     if not chosen:
         raise DatasetError(f"protocol {proto.name} on {root}: no sample")
     chosen = sorted(chosen, key=lambda s: (s.subject_id, s.clip))
@@ -269,8 +271,12 @@ def load_samples(
     return chosen
 
 
-def _read_datasets(root: Path, datasets: Iterable[str], casme2_variant: str) -> list[Sample]:
-    readers = {"casme2": partial(read_casme2, variant=casme2_variant), "samm": read_samm, "smic": read_smic}
+def _read_datasets(root: Path, datasets: Iterable[str], casme2_variant: str,
+                   left_out: dict[str, str] | None = None) -> list[Sample]:
+    """The samples of ``datasets`` under ``root``; clips a reader left out with a warning
+    (SMIC-HS folders without frames) go into ``left_out`` (key -> why) when given."""
+    readers = {"casme2": partial(read_casme2, variant=casme2_variant), "samm": read_samm,
+               "smic": partial(read_smic, left_out=left_out)}
     samples: list[Sample] = []
     for dataset in datasets:
         folder = root / DATASET_FOLDERS[dataset]
@@ -281,10 +287,23 @@ def _read_datasets(root: Path, datasets: Iterable[str], casme2_variant: str) -> 
 
 
 def _listed_samples(
-    entries: Sequence[MegcListEntry], samples: list[Sample], proto: Protocol, root: Path, source
+    entries: Sequence[MegcListEntry], samples: list[Sample], proto: Protocol, root: Path, source,
+    left_out: Mapping[str, str] | None = None,
 ) -> list[Sample]:
+    """The listed samples with the list's labels. A listed clip that is not on disk is an
+    error naming it; one the reader left out with a warning (``left_out``: a folder without
+    frames) is left out of the set too, with a DataWarning saying how many of the list's
+    samples remain."""
     by_key = {s.key: s for s in samples}
-    missing = [e for e in entries if e.key not in by_key]
+    left_out = left_out or {}
+    dropped = [e for e in entries if e.key not in by_key and e.key in left_out]
+    missing = [e for e in entries if e.key not in by_key and e.key not in left_out]
+    if dropped and not missing:
+        shown = "; ".join(f"{e.key} (line {e.line}): {left_out[e.key]}" for e in dropped[:MAX_LISTED_PROBLEMS])
+        more = f"; and {len(dropped) - MAX_LISTED_PROBLEMS} more" if len(dropped) > MAX_LISTED_PROBLEMS else ""
+        warnings.warn(f"{len(dropped)} sample(s) listed in {source} left out, so the set holds "
+                      f"{len(entries) - len(dropped)} of its {len(entries)}: {shown}{more}", DataWarning, stacklevel=3)
+        entries = [e for e in entries if e.key in by_key]
     if missing:
         shown = ", ".join(f"{e.key} (line {e.line})" for e in missing[:MAX_LISTED_PROBLEMS])
         more = f" and {len(missing) - MAX_LISTED_PROBLEMS} more" if len(missing) > MAX_LISTED_PROBLEMS else ""

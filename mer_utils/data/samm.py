@@ -1,7 +1,9 @@
 """SAMM in its native layout.
 
 Frames: ``SAMM/006/006_1_2/006_05562.jpg`` (frame 5562, the number after the last
-underscore). Annotation: ``SAMM/SAMM_Micro_FACS_Codes_v2.xlsx``, first sheet, preamble rows
+underscore), or ``SAMM/SAMM/006/...`` as some copies unpack. Annotation:
+``SAMM/SAMM_Micro_FACS_Codes_v2.xlsx`` (or the dated release's
+``SAMM_20181215_Micro_FACS_Codes_v2.xlsx``), first sheet, preamble rows
 (13 in v2), then the header: Subject, Filename, Inducement Code, Onset Frame, Apex Frame,
 Offset Frame, Duration, Micro, Action Units, Notes, Estimated Emotion, Objective Classes.
 """
@@ -20,6 +22,8 @@ from mer_utils.data.sample import Sample
 from mer_utils.errors import DatasetError
 
 ANNOTATION_NAME = "SAMM_Micro_FACS_Codes_v2.xlsx"
+ANNOTATION_PATTERN = "SAMM*Micro_FACS_Codes*.xlsx"  # also the dated release, SAMM_20181215_Micro_FACS_Codes_v2.xlsx
+_SUBJECT_FOLDER = re.compile(r"^\d{3}$")
 REQUIRED_COLUMNS = ("Subject", "Filename", "Onset Frame", "Apex Frame", "Offset Frame", "Estimated Emotion")
 _SUBJECT = re.compile(r"^0*(\d+)$")
 
@@ -43,11 +47,38 @@ def read_samm(path: str | Path) -> list[Sample]:
     samm_dir = Path(path)
     if not samm_dir.is_dir():
         raise DatasetError(f"SAMM folder {samm_dir} does not exist")
-    annotation = samm_dir / ANNOTATION_NAME
-    if not annotation.is_file():
-        raise DatasetError(f"{samm_dir}: annotation file {ANNOTATION_NAME} is missing")
-    return read_sheet_samples(annotation, REQUIRED_COLUMNS, lambda row, where: _row_sample(row, where, samm_dir),
+    annotation = find_annotation(samm_dir)
+    clips_dir = subjects_folder(samm_dir)
+    return read_sheet_samples(annotation, REQUIRED_COLUMNS, lambda row, where: _row_sample(row, where, clips_dir),
                               "SAMM")
+
+
+def find_annotation(samm_dir: Path) -> Path:
+    """``SAMM_Micro_FACS_Codes_v2.xlsx``, or else the one file matching ANNOTATION_PATTERN (the
+    dated release's name), in ``samm_dir`` or in a ``SAMM`` folder inside it."""
+    for folder in (samm_dir, samm_dir / "SAMM"):
+        if (folder / ANNOTATION_NAME).is_file():
+            return folder / ANNOTATION_NAME
+        found = sorted(p for p in folder.glob(ANNOTATION_PATTERN) if not p.name.startswith("~$")) if folder.is_dir() else []
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise DatasetError(f"{folder}: expected one annotation file {ANNOTATION_PATTERN}, found "
+                               f"{', '.join(p.name for p in found)}: keep the one that describes these frames")
+    raise DatasetError(f"{samm_dir}: annotation file {ANNOTATION_NAME} is missing")
+
+
+def subjects_folder(samm_dir: Path) -> Path:
+    """The folder holding the subject folders 006, 007, ...: ``samm_dir``, or ``samm_dir/SAMM``
+    when the archive unpacked into a second SAMM folder."""
+    nested = samm_dir / "SAMM"
+    if nested.is_dir() and not _has_subjects(samm_dir) and _has_subjects(nested):
+        return nested
+    return samm_dir
+
+
+def _has_subjects(folder: Path) -> bool:
+    return any(_SUBJECT_FOLDER.match(p.name) and p.is_dir() for p in folder.iterdir())
 
 
 def _row_sample(row: SheetRow, where: str, samm_dir: Path) -> Sample:
