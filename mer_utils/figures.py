@@ -121,19 +121,25 @@ def plot_confusion(experiment, title: str, path_stem: str | os.PathLike | None =
     return fig
 
 
-def plot_curve(table: pd.DataFrame, x: str, columns: Sequence[str], title: str, xlabel: str = ""):
-    """Lines of ``columns`` against column ``x`` of ``table`` (Figure 5: UF1 against N_key)."""
+def plot_curve(table: pd.DataFrame, x: str, columns: Sequence[str], title: str, xlabel: str = "",
+               ylabel: str = "score", chance: Mapping[str, float] | None = None):
+    """Lines of ``columns`` against column ``x`` of ``table`` (Figure 5: UF1 and UAR against
+    N_key), with ``chance`` (label -> level, e.g. "chance UF1 (uniform random guess)") as
+    dashed horizontal lines. A table of one row is drawn as its point, and the axis says so."""
     from matplotlib.figure import Figure
 
     fig = Figure(layout="constrained", figsize=(5.5, 3.8))
     ax = fig.add_subplot()
     for column in columns:
         ax.plot(table[x], table[column], marker="o", label=column)
-    ax.set_xlabel(xlabel or x)
+    for index, (label, level) in enumerate((chance or {}).items()):
+        ax.axhline(level, color="0.5", linestyle=("--", ":", "-.")[index % 3], linewidth=1, label=label)
+    ax.set_xlabel((xlabel or x) + (" (one value run: a point, not a curve)" if len(table) == 1 else ""))
+    ax.set_ylabel(ylabel)
     ax.set_xticks(list(table[x]))
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.set_title(wrap_title(title, 55), fontsize=10)
     return fig
 
@@ -195,7 +201,8 @@ def prediction_figure(prediction, crops: dict[str, np.ndarray], title: str = "",
                       frame_numbers: Sequence[int] | None = None):
     """Notebook 08: the aligned frames given (e.g. onset, apex, offset) of an
     ``inference.ClipPrediction``, the spotting curve
-    with the apex marked, the preprocessed image fed to CropNet, and the class probabilities.
+    with the apex marked, the preprocessed image (at the cache's size; CropNet resizes it to
+    its input side), and the class probabilities.
     ``frame_numbers``: the clip's own frame numbers of a video's frames 0, 1, ... (for the axis)."""
     from matplotlib.figure import Figure
 
@@ -219,7 +226,7 @@ def prediction_figure(prediction, crops: dict[str, np.ndarray], title: str = "",
     ax.set_xlabel("frame", fontsize=8)
     ax = axes[len(crops) + 1]
     ax.imshow(prediction.image)
-    ax.set_title("CropNet input (preprocessed)", fontsize=9)
+    ax.set_title(f"preprocessed image, {prediction.image.shape[1]} px", fontsize=9)
     ax.axis("off")
     ax = axes[len(crops) + 2]
     names = list(prediction.probabilities)

@@ -400,12 +400,22 @@ def _index_row(path: Path, nb, report_name: str) -> str:
                 or _dt.datetime.fromtimestamp(path.stat().st_mtime).isoformat())
     date = str(finished)[:16].replace("T", " ")
     numbers = _numbers_text(summary)
-    notes = " ".join(summary.get("notes", []))
+    notes = "<br>".join(html.escape(note) for note in summary.get("notes", []))  # one note a line
     cells = [f'<a href="{html.escape(report_name)}">{html.escape(path.stem)}</a>', html.escape(title),
              html.escape(data), html.escape(date), html.escape(numbers or "-"),
-             html.escape(notes or ""), html.escape(status)]
+             notes, html.escape(status)]
     style = "" if status == "ok" else ' class="failed"'
     return f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as a report shows it: relative to the working folder when under it (the
+    repository root, for ``make``), so a report names no folder of the machine it ran on."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return str(path)
 
 
 def result_lines(runs_dir: str | os.PathLike, names: Iterable[str]) -> list[str]:
@@ -487,7 +497,7 @@ def render_reports(runs_dir: str | os.PathLike = RUNS_DIR, reports_dir: str | os
         report.write_text(body.replace("<head>", "<head>" + REPORT_MARK, 1), encoding="utf-8")
         rows.append(_index_row(path, nb, report.name))
     now = _dt.datetime.now().astimezone().isoformat(timespec="minutes").replace("T", " ")
-    index.write_text(_INDEX_TEMPLATE.format(mark=REPORT_MARK, runs=html.escape(str(runs_dir.resolve())), now=now,
+    index.write_text(_INDEX_TEMPLATE.format(mark=REPORT_MARK, runs=html.escape(shown_path(runs_dir)), now=now,
                                             rows="\n".join(rows)), encoding="utf-8")
     return index
 

@@ -102,11 +102,24 @@ def chance_summary(table: pd.DataFrame, column: str = "UF1", what: str = "") -> 
     """The chance rows of a computed table (:func:`results_table`, :func:`megc_table`: the
     rows whose ``folds`` is "chance") as one note for the reports' index, beside the key
     numbers it lists: "Table 2: chance UF1 0.1938 (uniform random guess), 0.1040 (always
-    'others')" with ``what`` "Table 2"."""
+    'others'); UAR 0.2000, 0.2000" with ``what`` "Table 2". The UAR column matching a UF1
+    ``column`` ("UAR full" for "UF1 full") follows when the table has it."""
     chance = table[table["folds"] == "chance"]
     parts = [f"{float(value):.{DECIMALS}f} ({str(label).removeprefix(CHANCE_ROW)})"
              for label, value in zip(chance.index, chance[column])]
-    return f"{what + ': ' if what else ''}chance {column} " + ", ".join(parts)
+    text = f"{what + ': ' if what else ''}chance {column} " + ", ".join(parts)
+    recall = column.replace("UF1", "UAR")
+    if recall != column and recall in table.columns:
+        text += f"; {recall} " + ", ".join(f"{float(value):.{DECIMALS}f}" for value in chance[recall])
+    return text
+
+
+def chance_levels(table: pd.DataFrame, columns: Sequence[str] = ("UF1", "UAR"),
+                  row: str = f"{CHANCE_ROW}uniform random guess") -> dict[str, float]:
+    """One chance row of a computed table as figure reference lines: {"chance UF1 (uniform
+    random guess)": 0.19, "chance UAR (uniform random guess)": 0.2}."""
+    what = row.removeprefix(CHANCE_ROW)
+    return {f"chance {column} ({what})": float(table.loc[row, column]) for column in columns}
 
 
 def _folds_done(metrics: Mapping) -> str:
@@ -152,17 +165,22 @@ def _megc_row(m: Mapping) -> dict:
 
 
 def _literature() -> pd.DataFrame:
-    # docs/method.md section 4: (UF1, UAR) full, SMIC, CASME II, SAMM, as published.
+    # docs/method.md section 4: (UF1, UAR) full, SMIC, CASME II, SAMM, as published, and where.
     published = {
-        "LBP-TOP (challenge baseline)": (.5882, .5785, .2000, .5280, .7026, .7429, .3954, .4102),
-        "OFF-ApexNet": (.7196, .7096, .6817, .6695, .8764, .8681, .5409, .5392),
-        "STSTNet": (.7353, .7605, .6801, .7013, .8382, .8686, .6588, .6810),
-        "EMR (challenge winner)": (.7885, .7824, .7461, .7530, .8293, .8209, .7754, .7152),
-        "HTNet": (.8603, .8475, .8049, .7905, .9532, .9516, .8131, .8124),
+        "LBP-TOP (challenge baseline)": ((.5882, .5785, .2000, .5280, .7026, .7429, .3954, .4102),
+                                         "the MEGC2019 organisers: See et al., FG 2019"),
+        "OFF-ApexNet": ((.7196, .7096, .6817, .6695, .8764, .8681, .5409, .5392),
+                        "its authors: Gan et al., Signal Process. Image Commun. 2019"),
+        "STSTNet": ((.7353, .7605, .6801, .7013, .8382, .8686, .6588, .6810), "its authors: Liong et al., FG 2019"),
+        "EMR (challenge winner)": ((.7885, .7824, .7461, .7530, .8293, .8209, .7754, .7152),
+                                   "its authors: Liu et al., FG 2019"),
+        "HTNet": ((.8603, .8475, .8049, .7905, .9532, .9516, .8131, .8124),
+                  "its authors: Wang et al., Neurocomputing 2024 (after the paper, not in its Table 3)"),
     }
-    table = pd.DataFrame.from_dict(published, orient="index", columns=_megc_columns())
+    table = pd.DataFrame.from_dict({name: values for name, (values, _) in published.items()}, orient="index",
+                                   columns=_megc_columns())
     table.index.name = "method"
-    table["source"] = "reported by authors"
+    table["reported by"] = [source for _, source in published.values()]
     return table
 
 
@@ -221,14 +239,34 @@ def ensemble_text(ensemble: int, seed: int) -> str:
     return f", {ensemble} networks (seeds {seed}..{seed + ensemble - 1}), softmax averaged"
 
 
-def fold_training_note(record: Mapping, ensemble: int = 1, seed: int = 0) -> str:
-    """How one fold was trained, from its ``fold.json`` record (notebook 03's note): "12
-    training epochs", with the ensemble's networks when there are several, or "linear SVM"
-    for the LBP-TOP baseline (no epochs)."""
+def fold_training_note(record: Mapping, config=None) -> str:
+    """How one fold was trained, from its ``fold.json`` record and, when given, its
+    :class:`~mer_utils.config.ExperimentConfig` (notebook 03's note): "CropNet trained from
+    scratch (no ImageNet weights), 12 training epochs, one network (seed 0), lr 0.001 ...",
+    the weights as the fold recorded them and the rest as :func:`training_text` (without a
+    configuration: epochs and networks only); "linear SVM" for the LBP-TOP baseline."""
     losses = record.get("epoch_losses") or []
     if not losses:
         return "linear SVM"
-    return epochs_text(len(losses), "training epoch") + ensemble_text(ensemble, seed)
+    if config is None:
+        return epochs_text(len(losses), "training epoch") + ensemble_text(1, 0)
+    config = config.resolved()
+    return (f"CropNet trained {weights_description(record.get('weights', config.pretrained_weights))}, "
+            + epochs_text(len(losses), "training epoch") + ensemble_text(config.ensemble, config.seed)
+            + ", " + training_text(config))
+
+
+def training_text(config) -> str:
+    """A CropNet configuration's settings after its epochs and networks, as every training note
+    words them: "lr 0.001 (fully connected layers 0.0001), batch 4, at 64 px, the paper's flip
+    and rotation only, tested with BatchNorm statistics of the un-augmented training images"."""
+    from mer_utils.train import AUGMENTATION_TEXT
+
+    text = (f"lr {config.lr:g} (fully connected layers {config.fc_lr:g}), batch {config.batch_size}, "
+            f"at {config.image_size} px, {AUGMENTATION_TEXT[config.augmentation]}")
+    if config.recalibrate_bn:
+        return text + ", tested with BatchNorm statistics of the un-augmented training images"
+    return text + ", tested with BatchNorm running averages (as the paper)"
 
 
 def training_note(experiments: Mapping[str, object]) -> str:
@@ -237,7 +275,6 @@ def training_note(experiments: Mapping[str, object]) -> str:
     epochs, learning rate, batch size, input size, training augmentation and, for an ensemble,
     its networks per fold. LBP-TOP rows are named as the baseline."""
     from mer_utils.files import FOLD_FILE, read_fold_record
-    from mer_utils.train import AUGMENTATION_TEXT
 
     groups: dict[str, list[str]] = {}
     baseline = []
@@ -253,13 +290,7 @@ def training_note(experiments: Mapping[str, object]) -> str:
         used = {r.get("weights", config.pretrained_weights) for r in records} or {config.pretrained_weights}
         start = " / ".join(sorted(weights_description(w) for w in used))
         how = (f"CropNet trained {start}, {epochs_text(config.epochs)} (fixed before the run)"
-               f"{ensemble_text(config.ensemble, config.seed)}, lr {config.lr:g} "
-               f"(fully connected layers {config.fc_lr:g}), batch {config.batch_size}, at {config.image_size} px, "
-               f"{AUGMENTATION_TEXT[config.augmentation]}")
-        if config.recalibrate_bn:
-            how += ", tested with BatchNorm statistics of the un-augmented training images"
-        else:
-            how += ", tested with BatchNorm running averages (as the paper)"
+               f"{ensemble_text(config.ensemble, config.seed)}, {training_text(config)}")
         groups.setdefault(how, []).append(name)
     parts = [f"{how}: {', '.join(names)}." for how, names in groups.items()]
     if baseline:

@@ -227,6 +227,15 @@ def build_transform(image_size: int, augmentation: str = "none") -> v2.Compose:
     return v2.Compose(steps)
 
 
+def network_input(image: np.ndarray, image_size: int) -> np.ndarray:
+    """A preprocessed (H, W, 3) uint8 image as CropNet sees it at test time, before the
+    normalisation: resized to ``image_size`` by :func:`build_transform`'s antialiased resize.
+    CGPO tiles this image, so figures of the tiles (notebooks 02 and 08) draw them on it."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    resized = v2.Resize((image_size, image_size), antialias=True)(tensor)
+    return resized.permute(1, 2, 0).contiguous().numpy()
+
+
 def loader_start_method(workers: int) -> str | None:
     """How the loader processes start: "fork" on Linux, else the platform's default (None).
 

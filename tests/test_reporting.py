@@ -151,7 +151,8 @@ def test_chance_summary_is_the_tables_chance_rows_in_one_line(composite_metrics)
     table = tables.results_table({"ARS + CropNet": composite_metrics})
     majority = table.index[-1]
     expected = (f"Table 3: chance UF1 {table.loc['chance: uniform random guess', 'UF1']:.4f} (uniform random guess), "
-                f"{table.loc[majority, 'UF1']:.4f} ({majority.removeprefix('chance: ')})")
+                f"{table.loc[majority, 'UF1']:.4f} ({majority.removeprefix('chance: ')}); "
+                f"UAR {table.loc['chance: uniform random guess', 'UAR']:.4f}, {table.loc[majority, 'UAR']:.4f}")
     assert tables.chance_summary(table, "UF1", "Table 3") == expected
     assert tables.chance_summary(table, "UAR").startswith("chance UAR 0.3333 (uniform random guess), ")
 
@@ -172,12 +173,13 @@ def test_megc_table_puts_each_dataset_in_its_columns(composite_metrics):
 
 def test_literature_table_is_labelled_and_holds_design_numbers():
     table = tables.LITERATURE_MEGC2019
-    assert set(table["source"]) == {"reported by authors"}
+    assert table["reported by"].str.match(r"^(its authors|the MEGC2019 organisers): \w").all()
+    assert "after the paper" in table.loc["HTNet", "reported by"]
     assert table.loc["HTNet", "UF1 full"] == 0.8603 and table.loc["HTNet", "UAR SAMM"] == 0.8124
     assert table.loc["LBP-TOP (challenge baseline)", "UF1 SMIC"] == 0.2
     computed = tables.megc_table({"x": {"accuracy": 1.0, "uf1": 1.0, "uar": 1.0}}, chance=False)
     # the same metric columns; the authors report no interval, so only computed tables carry one
-    assert [c for c in table.columns if c != "source"] == [c for c in computed.columns
+    assert [c for c in table.columns if c != "reported by"] == [c for c in computed.columns
                                                            if c not in ("folds", f"{tables.INTERVAL_COLUMN} full")]
 
 
@@ -306,7 +308,7 @@ def executed_runs(tmp_path_factory):
     (data / "CASME2" / provenance.MARKER_NAME).write_text(json.dumps({"params": {"seed": 0}}))
     source = base / "notebooks"
     tiny_notebook(source, "00_tiny", "from mer_utils.reproduce import write_summary\n"
-                  "write_summary(run_dir, 'Tiny table', data_root, {'UF1': 0.25 * epochs})\n"
+                  "write_summary(run_dir, 'Tiny table', data_root, {'UF1': 0.25 * epochs}, notes=['first note', 'second'])\n"
                   "print('epochs', epochs, 'casme2_epochs', casme2_epochs, 'data', data_root)")
     tiny_notebook(source, "09_broken", "raise ValueError('broken on purpose')")
     outcome = reproduce.run_notebooks(data_root=data, profile="synthetic-cpu", out_dir=base / "runs",
@@ -356,9 +358,17 @@ def test_render_reports_writes_html_and_an_index_linking_them(executed_runs):
         assert (base / "reports" / f"{name}.html").stat().st_size > 1000
     tiny_row = next(line for line in html.splitlines() if "00_tiny.html" in line)
     assert "Tiny table" in tiny_row and "synthetic data" in tiny_row and "UF1 0.5000" in tiny_row
+    assert "<td>first note<br>second</td>" in tiny_row  # one note a line, not run together
     broken_row = next(line for line in html.splitlines() if "09_broken.html" in line)
     assert 'class="failed"' in broken_row and "broken on purpose" in broken_row
     assert "epochs 2" in (base / "reports" / "00_tiny.html").read_text()
+
+
+def test_reports_name_a_folder_under_the_working_folder_relative_to_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert reproduce.shown_path(tmp_path / "papermill_runs") == "papermill_runs"
+    assert reproduce.shown_path("papermill_runs/seed2") == str(Path("papermill_runs/seed2"))
+    assert reproduce.shown_path(tmp_path.parent) == str(tmp_path.parent.resolve())  # elsewhere: as it is
 
 
 def test_run_notebooks_never_overwrites_a_file_it_did_not_write(executed_runs, tmp_path):
@@ -521,6 +531,10 @@ def test_fold_progress_prints_the_runners_lines_on_this_console(capsys, monkeypa
 
 def test_fold_training_note_counts_epochs_and_names_an_ensemble_or_the_baseline():
     assert tables.fold_training_note({"epoch_losses": [1.6]}) == "1 training epoch, one network (seed 0)"
-    assert tables.fold_training_note({"epoch_losses": [1.6, 1.2]}, ensemble=2, seed=3) == (
-        "2 training epochs, 2 networks (seeds 3..4), softmax averaged")
+    config = ExperimentConfig(root=".", protocol="casme2-5class", ensemble=2, seed=3, lr=2e-3, batch_size=4,
+                              image_size=64, augmentation="geometric")
+    assert tables.fold_training_note({"epoch_losses": [1.6, 1.2], "weights": None}, config) == (
+        "CropNet trained from scratch (no ImageNet weights), 2 training epochs, 2 networks (seeds 3..4), softmax "
+        "averaged, lr 0.002 (fully connected layers 0.0001), batch 4, at 64 px, the paper's flip and rotation only, "
+        "tested with BatchNorm statistics of the un-augmented training images")
     assert tables.fold_training_note({"epoch_losses": []}) == "linear SVM"

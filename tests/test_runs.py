@@ -292,7 +292,10 @@ def test_papermill_runs_the_notebook_for_one_fold(tiny, tmp_path, scheduler):
     assert json.loads((fold / DONE_FILE).read_text())["notebook"] == "03_train.ipynb"
     assert set(read_predictions(fold / PREDICTIONS_FILE)["subject"]) == {"sub03"}
     notes = json.loads((fold / "summary.json").read_text())["notes"]  # the fold accuracy's chance level beside it
-    assert notes[0] == "1 training epoch" and notes[1].startswith("chance accuracy on this subject's clips 0.2000")
+    assert notes[0].startswith("CropNet trained from scratch (no ImageNet weights), 1 training epoch, one network (seed 0), lr ")
+    assert notes[1].startswith("chance accuracy on this subject's clips 0.2000")
+    printed = "".join("".join(o.get("text", "")) for o in outputs)  # the report itself states them, not only the index
+    assert "fold accuracy " in printed and notes[0] in printed and notes[1] in printed
 
 
 @pytest.mark.slow
