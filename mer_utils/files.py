@@ -2,6 +2,7 @@
 reading back the records a LOSO fold writes."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -10,6 +11,23 @@ from pathlib import Path
 from mer_utils.errors import MerError
 
 FOLD_FILE = "fold.json"  # a LOSO fold's record (runs.run_fold): settings, epoch losses, seconds, fingerprint
+
+
+_FILE_DIGESTS: dict[tuple, str] = {}  # (path, inode, size, mtime, ctime) -> sha256 of the bytes, for this process
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The sha256 of a file's content (the preprocessing cache and the runner's fold
+    fingerprints key on content, so a replaced frame is seen even with its old size and
+    mtime, and a copied one is the same). Read once per process while the file's inode,
+    size, mtime and ctime hold: a write or a restored mtime changes the ctime, which no
+    program can set. OSError as open() raises it."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _FILE_DIGESTS:
+        _FILE_DIGESTS[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _FILE_DIGESTS[key]
 
 
 def current_umask() -> int:

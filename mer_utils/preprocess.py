@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image  # torchvision's dependency
 
 from mer_utils.data.sample import Sample
-from mer_utils.files import atomic_write_bytes
+from mer_utils.files import atomic_write_bytes, file_digest
 from mer_utils.errors import ConfigError, PreprocessError, check_int
 from mer_utils.face import DETECT_WIDTH, FACE_CROP, FOREHEAD, MARGIN, MIN_SIZE, load_face_models, make_aligner
 
@@ -361,25 +361,28 @@ def _safe(part: str) -> str:
     return cleaned or "_"
 
 
-def cache_path(cache_dir: str | Path, sample: Sample, method: str, params: Mapping) -> Path:
+def cache_path(cache_dir: str | Path, sample: Sample, method: str, params: Mapping,
+               frames: Sequence[int] | None = None) -> Path:
     """Where ``sample``'s image for (method, params) lives:
     ``cache_dir/method/<dataset>/<subject>/<clip>__<hash>.png``.
 
     The hash covers everything that changes the output: PREPROCESS_VERSION, method, every
     entry of ``params`` (n_key, face_crop, size), the face-crop constants, the clip window
-    and the name, size and mtime of every frame file used, so changed input or a changed
-    parameter gives a new path and never a stale image.
+    and the name and content (sha256, :func:`mer_utils.files.file_digest`) of every frame
+    file used: ``frames`` (frame numbers; by default the window's start and key frames), so
+    changed input or a changed parameter gives a new path and never a stale image, even when
+    a replaced frame keeps its size and mtime (a ``cp -p`` or ``tar x`` of another version).
     """
-    n_key = int(params.get("n_key", 5))
-    start, keys = sample_window(sample, n_key)
+    if frames is None:
+        start, keys = sample_window(sample, int(params.get("n_key", 5)))
+        frames = [start, *keys]
     files = []
-    for number in dict.fromkeys([start, *keys]):
+    for number in dict.fromkeys(frames):
         path = sample.frame_path(number)
         try:
-            stat = path.stat()
+            files.append([path.name, file_digest(path)])
         except OSError as err:
             raise PreprocessError(f"clip {sample.key}: cannot read frame {path}: {err.strerror}") from None
-        files.append([path.name, stat.st_size, stat.st_mtime_ns])
     face = {"detect_width": DETECT_WIDTH, "forehead": FOREHEAD, "margin": MARGIN}
     record = {
         "version": PREPROCESS_VERSION,
@@ -392,6 +395,25 @@ def cache_path(cache_dir: str | Path, sample: Sample, method: str, params: Mappi
     digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:12]
     folder = Path(cache_dir) / _safe(method) / _safe(sample.dataset) / _safe(sample.subject)
     return folder / f"{_safe(sample.clip)}__{digest}.png"
+
+
+def cached_file_ok(path: Path) -> bool:
+    """Whether a cache file is there and reads back (a PNG that decodes, a ``.npy`` that
+    loads). One that does not, damaged on disk, gets a warning naming it and is computed
+    again (its atomic write replaces it); False also when it is absent."""
+    if not path.is_file():
+        return False
+    try:
+        if path.suffix == ".npy":
+            np.load(path, allow_pickle=False)
+            return True
+        data = path.read_bytes()
+        if truncation(data) is None and _decode_quietly(data) is not None:
+            return True
+    except (OSError, ValueError):
+        pass
+    warnings.warn(f"cached file {path} is damaged (it does not read back): computing it again", UserWarning, stacklevel=3)
+    return False
 
 
 def write_image_atomic(path: Path, image: np.ndarray) -> None:
@@ -489,7 +511,7 @@ def preprocess_samples(
         except Exception as err:  # e.g. a frame missing on disk: reported with the others
             failures.append((sample, err))
             continue
-        if paths[key].is_file():
+        if cached_file_ok(paths[key]):
             cached += 1
         else:
             todo.append(sample)

@@ -46,7 +46,7 @@ import mer_utils
 from mer_utils.config import RESULT_NEUTRAL_FIELDS, ExperimentConfig, experiment_key, experiment_settings
 from mer_utils.data import PROTOCOLS, Sample, load_samples
 from mer_utils.errors import ConfigError, DatasetError, DataWarning, MerError, check_int
-from mer_utils.files import FOLD_FILE, atomic_write_text, read_fold_record
+from mer_utils.files import FOLD_FILE, atomic_write_text, file_digest, read_fold_record
 from mer_utils.paths import EXPERIMENTS_DIR, PACKAGE_DIR, PROGRESS_ENV, repo_path
 from mer_utils.provenance import is_synthetic
 
@@ -215,7 +215,6 @@ def fold_fingerprint(samples: Sequence[Sample], subject: str) -> dict:
             "train": digest([s for s in samples if s.subject_id != subject])}
 
 
-_FILE_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime) -> sha256 of the bytes, for this process
 
 
 def inputs_digest(samples: Sequence[Sample], config: ExperimentConfig) -> str:
@@ -241,13 +240,9 @@ def inputs_digest(samples: Sequence[Sample], config: ExperimentConfig) -> str:
 
 def _file_digest(path: Path) -> str:
     try:
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
-        if key not in _FILE_DIGESTS:
-            _FILE_DIGESTS[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_digest(path)
     except OSError as err:
         raise DatasetError(f"cannot read frame {path}: {err.strerror}") from None
-    return _FILE_DIGESTS[key]
 
 
 def fold_staleness(fold_dir: Path, test_samples: Sequence[Sample], fingerprint: dict | None = None) -> str | None:

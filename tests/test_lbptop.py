@@ -8,6 +8,8 @@ from scipy.ndimage import gaussian_filter
 from skimage.feature import local_binary_pattern
 
 from mer_utils.baselines.lbptop import (
+    feature_path,
+    frame_numbers,
     lbp_top_features,
     lbptop_fold,
     n_uniform_bins,
@@ -110,6 +112,25 @@ def test_volume_from_crops_is_grey_and_resized():
     assert np.all(volume == 76)
     with pytest.raises(PreprocessError, match="expected crops"):
         volume_from_crops(np.zeros((4, 8, 8, 2), np.uint8))
+
+
+def test_the_feature_cache_key_covers_every_frame_lbptop_reads(tmp_path):
+    """LBP-TOP reads its sampled frames, not only the window's key frames: changing any of them
+    changes the cached feature's path (before, an edited frame 8 of 1..11 left it as it was)."""
+    numbers = range(1, 12)
+    frames = []
+    for n in numbers:
+        frames.append(tmp_path / f"img{n}.png")
+        frames[-1].write_bytes(bytes([n]) * 64)
+    sample = Sample(dataset="casme2", subject="sub01", clip="EP01", emotion="others", onset=1, apex=11, offset=11,
+                    apex_inferred=False, frames=tuple(frames), frame_numbers=tuple(numbers))
+    assert frame_numbers(sample, 10) == [1, 2, 3, 4, 5, 7, 8, 9, 10, 11]
+    before = feature_path(tmp_path / "cache", sample, 10, 32, "none")
+    frames[7].write_bytes(bytes([99]) * 64)  # frame 8: sampled by LBP-TOP, not a key frame of eq. 3-4 (3, 5, 7, 9, 11)
+    assert feature_path(tmp_path / "cache", sample, 10, 32, "none") != before
+    middle = feature_path(tmp_path / "cache", sample, 10, 32, "none")
+    frames[5].write_bytes(bytes([98]) * 64)  # frame 6: not sampled, so not read
+    assert feature_path(tmp_path / "cache", sample, 10, 32, "none") == middle
 
 
 # ----------------------------------------------------------------------- the fold

@@ -275,8 +275,27 @@ def test_cache_hit_miss_and_parameter_change(tmp_path):
     # window 1..11 (eq. 2), F = 3, 5, 7, 9, 11 (eq. 3-4): frame 6 is unused, frame 7 is a key frame
     os.utime(sample.frames[5], ns=(1, 1))
     assert cache_path(cache, sample, "ars", params) == path
-    os.utime(sample.frames[6], ns=(1, 1))  # changed input: a new key, never the stale image
+    os.utime(sample.frames[6], ns=(1, 1))  # a touched key frame, the same content: the same image
+    assert cache_path(cache, sample, "ars", params) == path
+    # another frame 7 of the same size, its old mtime restored (as cp -p or tar x of another
+    # version does): a new key, never the stale image
+    data = bytearray(sample.frames[6].read_bytes())
+    data[-20] ^= 0xFF  # inside the PNG's last chunks: the same length
+    sample.frames[6].write_bytes(bytes(data))
+    os.utime(sample.frames[6], ns=(1, 1))
     assert cache_path(cache, sample, "ars", params) != path
+
+
+def test_a_damaged_cached_image_is_computed_again_with_a_warning(tmp_path):
+    sample = make_clip(tmp_path / "data", "EP_damaged")
+    cache = tmp_path / "cache"
+    path = preprocess_samples([sample], "ars", cache_dir=cache, size=64, face_crop="none", workers=1, progress=False).paths[sample.key]
+    reference = load_image(path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(UserWarning, match=rf"cached file .*{path.name} is damaged \(it does not read back\): computing it again"):
+        again = preprocess_samples([sample], "ars", cache_dir=cache, size=64, face_crop="none", workers=1, progress=False)
+    assert (again.computed, again.cached) == (1, 0)
+    np.testing.assert_array_equal(load_image(path), reference)
 
 
 def test_cache_path_is_sanitised(tmp_path):

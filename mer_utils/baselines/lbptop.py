@@ -281,11 +281,13 @@ def frame_numbers(sample, count: int = FRAMES) -> list[int]:
 
 
 def feature_path(cache_dir, sample, frames: int = FRAMES, size: int = SIZE, face_crop: str = "dlib"):
-    """Cache file of a sample's LBP-TOP histogram, keyed like the preprocessed images."""
+    """Cache file of a sample's LBP-TOP histogram, keyed like the preprocessed images on the
+    content of every frame it reads (its sampled frames, not only the window's key frames)."""
     from mer_utils.preprocess import cache_path
 
-    params = {"frames": frame_numbers(sample, frames), "size": size, "face_crop": face_crop, **DESCRIPTOR}
-    return cache_path(cache_dir, sample, "lbptop", params).with_suffix(".npy")
+    numbers = frame_numbers(sample, frames)
+    params = {"frames": numbers, "size": size, "face_crop": face_crop, **DESCRIPTOR}
+    return cache_path(cache_dir, sample, "lbptop", params, frames=numbers).with_suffix(".npy")
 
 
 def compute_feature(cache_dir, sample, frames: int = FRAMES, size: int = SIZE, face_crop: str = "dlib"):
@@ -313,8 +315,10 @@ def prepare_features(samples: Sequence, cache_dir, frames: int = FRAMES, size: i
 
     from tqdm.auto import tqdm
 
+    from mer_utils.preprocess import cached_file_ok
+
     paths = {s.key: feature_path(cache_dir, s, frames, size, face_crop) for s in samples}
-    todo = [s for s in samples if not paths[s.key].is_file()]
+    todo = [s for s in samples if not cached_file_ok(paths[s.key])]
     workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="LBP-TOP features",
                unit="clip", disable=not progress)
