@@ -244,6 +244,7 @@ def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.
             values["output_dir"] = str(run_dir)  # notebook 03 names its output folder output_dir
         parameters = {k: v for k, v in values.items() if k in declared[path]}
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / SUMMARY_FILE).unlink(missing_ok=True)  # the last run's: only a finished run writes one
         print(f"[{path.stem}] running with {parameters}", flush=True)
         clock = time.perf_counter()
         error = None
@@ -350,12 +351,19 @@ def _written_by_kit(report: Path) -> bool:
 
 
 def _notebook_status(nb) -> str:
+    """"ok", "failed: <error>", or "incomplete" for a run that never finished (killed, or
+    its machine stopped): papermill saves the notebook as it goes and writes ``end_time``
+    last, so a notebook without it shows only the cells that ran, and whatever
+    ``summary.json`` is beside it belongs to no finished run."""
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
                 return f"failed: {output.get('ename', 'error')}: {output.get('evalue', '')}"[:200]
-    if nb.metadata.get("papermill", {}).get("exception"):
+    papermill_record = nb.metadata.get("papermill", {})
+    if papermill_record.get("exception"):
         return "failed"
+    if papermill_record and not papermill_record.get("end_time"):
+        return "incomplete: the run stopped before the notebook finished (killed?); run it again"
     return "ok"
 
 

@@ -364,6 +364,22 @@ def test_render_reports_writes_html_and_an_index_linking_them(executed_runs):
     assert "epochs 2" in (base / "reports" / "00_tiny.html").read_text()
 
 
+def test_a_notebook_killed_mid_run_is_incomplete_not_ok_with_an_older_summary(executed_runs, tmp_path):
+    """papermill writes end_time last: a notebook saved without it was killed, and the
+    summary.json beside it is an earlier run's. The index says so and shows no numbers."""
+    base, _, _ = executed_runs
+    runs = tmp_path / "runs" / "00_tiny"
+    runs.mkdir(parents=True)
+    nb = nbformat.read(base / "runs" / "00_tiny" / "00_tiny.ipynb", as_version=4)
+    nb.metadata["papermill"]["end_time"] = None
+    nbformat.write(nb, runs / "00_tiny.ipynb")
+    (runs / "summary.json").write_text((base / "runs" / "00_tiny" / "summary.json").read_text())
+    row = next(line for line in reproduce.render_reports(tmp_path / "runs", tmp_path / "reports").read_text().splitlines()
+               if "00_tiny.html" in line)
+    assert "incomplete: the run stopped before the notebook finished" in row and "UF1 0.5000" not in row
+    assert 'class="failed"' in row
+
+
 def test_reports_name_a_folder_under_the_working_folder_relative_to_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert reproduce.shown_path(tmp_path / "papermill_runs") == "papermill_runs"
