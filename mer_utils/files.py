@@ -49,8 +49,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False
     gets the usual permissions, 0o666 less the umask, like ``open(path, "w")`` (``mkstemp``
     alone would leave it readable by its owner only)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # named by the file meant, not by a temporary name nobody gave
+        raise OSError(err.errno, err.strerror, str(path)) from None
     try:
         os.chmod(temporary, 0o666 & ~current_umask())
         with os.fdopen(handle, "wb") as stream:
@@ -59,6 +62,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False
                 stream.flush()
                 os.fsync(stream.fileno())
         os.replace(temporary, path)
+    except OSError as err:  # e.g. no space left: named by the file meant
+        Path(temporary).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -554,21 +554,22 @@ def preprocess_samples(
 
 
 def check_writable(folder: str | Path) -> None:
-    """Create ``folder`` if needed and write (then remove) a probe file in it, so an output
-    folder that cannot take the results fails at once, not after every clip is computed."""
+    """Create ``folder`` (the preprocessing cache) if needed and write (then remove) a probe
+    file in it, so a cache that cannot take the results fails at once, not after every clip is
+    computed."""
     import tempfile
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"output folder {folder} is a file, not a folder; nothing was computed")
+        raise ConfigError(f"cache folder {folder} is a file, not a folder; nothing was computed")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
         os.close(handle)
         os.unlink(probe)
     except OSError as err:
-        raise ConfigError(f"cannot write to the output folder {folder} ({err.strerror or err}); "
-                          "nothing was computed") from None
+        raise ConfigError(f"cannot write to the cache folder {folder} ({err.strerror or err}): nothing was computed; "
+                          "give a cache folder you can write to (--cache-dir, or --out of mer preprocess)") from None
 
 
 def _run_pool(todo, workers, record, method, n_key, face_crop, size, paths) -> None:

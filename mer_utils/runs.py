@@ -29,6 +29,7 @@ GPU and one thread, e.g. ``CUDA_VISIBLE_DEVICES=0 dask worker tcp://host:8786 --
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -111,13 +112,43 @@ def _claim_experiment_dir(config: ExperimentConfig, out_dir: Path) -> None:
     elif any(out_dir.glob(f"fold_*/{DONE_FILE}")):
         raise ConfigError(f"{out_dir} holds completed folds but no {CONFIG_FILE}: "
                           "their configuration is unknown; use another folder")
-    elif out_dir.is_dir() and any(not (p.is_dir() and p.name.startswith("fold_")) for p in out_dir.iterdir()):
+    elif out_dir.is_dir() and any(not (p.is_dir() and p.name.startswith("fold_")) and p.name != LOCK_FILE
+                                  for p in out_dir.iterdir()):
         # not an experiment folder: the experiment's files would replace the user's
         raise ConfigError(f"{out_dir} holds files but no experiment of this kit ({CONFIG_FILE}): "
                           "use a new or empty folder")
     elif out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"experiment folder {out_dir} is a file, not a folder: use another folder")
     _write_json_atomic(path, record)
+
+
+LOCK_FILE = ".mer-lock"  # held (flock) by the one process running an experiment folder
+
+
+def _lock_experiment_dir(out_dir: Path):
+    """Hold ``out_dir``'s lock file for this run (an open file; closing it releases the lock,
+    and so does the process's end, killed or not). A second run of the same folder at the
+    same time (another ``mer loso``, notebook or script) would train every fold twice and
+    could score the other's half-written folds: it is refused in one line instead. Where
+    ``fcntl`` does not exist (Windows) nothing is locked."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"experiment folder {out_dir} is a file, not a folder: use another folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(out_dir / LOCK_FILE, "a")
+    except OSError as err:
+        raise ConfigError(f"cannot write in experiment folder {out_dir} ({err.strerror}): use a folder you can write to") from None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(f"{out_dir} is in use by another run of this experiment (another mer loso, notebook or "
+                          "script): wait for it to finish; its finished folds are then reused") from None
+    return handle
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -328,7 +359,10 @@ def _run_fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill:
                   finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if inputs is not None and isinstance(record.get("fingerprint"), dict):  # the frames' content, from the runner
         record["fingerprint"] = {**record["fingerprint"], "inputs": inputs}
-    _write_json_atomic(fold_dir / DONE_FILE, record)
+    try:
+        _write_json_atomic(fold_dir / DONE_FILE, record)
+    except OSError as err:  # a full disk, say: this fold failed, by name, like any other failure
+        return {"fold": fold, "error": f"cannot write {fold_dir / DONE_FILE} ({err.strerror or err})"}
     return {"fold": fold, "error": None, "record": record}
 
 
@@ -523,46 +557,60 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
     bad = [f for f in chosen if not 0 <= f < len(subjects)]
     if bad:
         raise ConfigError(f"fold(s) {bad} do not exist: {len(subjects)} subjects, folds 0..{len(subjects) - 1}")
-    _claim_experiment_dir(config, out_dir)  # only once the inputs load: a failed start leaves no config.json
-    fold_dirs = {i: out_dir / fold_dir_name(i, s) for i, s in enumerate(subjects)}
-    tests = {i: [x for x in samples if x.subject_id == s] for i, s in enumerate(subjects)}
-    inputs = inputs_digest(samples, config)  # every fold reads every sample (as test or training)
-    prints = {i: {**fold_fingerprint(samples, s), "inputs": inputs} for i, s in enumerate(subjects)}
-    reasons = {i: fold_staleness(fold_dirs[i], tests[i], prints[i]) for i in range(len(subjects))}
-    _warn_stale(out_dir, {i: r for i, r in reasons.items() if r and (fold_dirs[i] / DONE_FILE).is_file()},
-                subjects, chosen)
-    pending = {i: fold_dirs[i] for i in chosen if reasons[i]}
-    failures = {}
-    if pending:
-        prepare_inputs(config, samples, workers, progress)
-        failures = _run_folds(config, pending, subjects, scheduler, workers, use_papermill, progress,
-                              label=out_dir.name, inputs=inputs)
+    created_dir = not out_dir.exists()
+    lock = _lock_experiment_dir(out_dir)  # one run at a time in a folder; released on exit, even killed
+    claimed_now = not (out_dir / CONFIG_FILE).is_file()
+    try:
+        _claim_experiment_dir(config, out_dir)  # only once the inputs load
+        fold_dirs = {i: out_dir / fold_dir_name(i, s) for i, s in enumerate(subjects)}
+        tests = {i: [x for x in samples if x.subject_id == s] for i, s in enumerate(subjects)}
+        inputs = inputs_digest(samples, config)  # every fold reads every sample (as test or training)
+        prints = {i: {**fold_fingerprint(samples, s), "inputs": inputs} for i, s in enumerate(subjects)}
+        reasons = {i: fold_staleness(fold_dirs[i], tests[i], prints[i]) for i in range(len(subjects))}
+        _warn_stale(out_dir, {i: r for i, r in reasons.items() if r and (fold_dirs[i] / DONE_FILE).is_file()},
+                    subjects, chosen)
+        pending = {i: fold_dirs[i] for i in chosen if reasons[i]}
+        failures = {}
+        if pending:
+            prepare_inputs(config, samples, workers, progress)
+            failures = _run_folds(config, pending, subjects, scheduler, workers, use_papermill, progress,
+                                  label=out_dir.name, inputs=inputs)
 
-    completed = [i for i in range(len(subjects)) if fold_is_complete(fold_dirs[i], tests[i], prints[i])]
-    if not completed:
-        shown = "; ".join(f"{s}: {m}" for s, m in list(failures.items())[:3])
-        raise MerError(f"{out_dir}: no fold is complete, nothing to score" + (f" (failures: {shown})" if shown else ""))
-    table = pd.concat([read_predictions(fold_dirs[i] / PREDICTIONS_FILE) for i in completed], ignore_index=True)
-    check_coverage(table, [x for i in completed for x in tests[i]])
-    classes = PROTOCOLS[config.protocol].classes
-    metrics = compute_metrics(table, classes)
-    missing = [subjects[i] for i in range(len(subjects)) if i not in completed]
-    metrics["folds"] = {"completed": len(completed), "total": len(subjects), "missing_subjects": missing}
-    if missing:
-        note = f"partial: {len(completed)} of {len(subjects)} folds complete; missing subjects: {', '.join(missing)}"
-        metrics["notes"].append(note)
-        warnings.warn(f"{out_dir}: metrics are {note}", UserWarning, stacklevel=2)
-    write_predictions(table, out_dir / PREDICTIONS_FILE)
-    write_metrics(metrics, out_dir / "metrics.json")
-    synthetic = ", synthetic data" if is_synthetic(config.root) else ""
-    plot_confusion_matrix(metrics["confusion"], classes, path=out_dir / "confusion.png",
-                          title=f"{config.method} on {config.protocol}, {len(table)} samples{synthetic}")
-    losses = mean_epoch_losses([fold_dirs[i] for i in completed])
-    if losses:
-        atomic_write_text(out_dir / LOSSES_FILE, "epoch,mean_loss\n" + "".join(
-            f"{epoch},{loss:.6f}\n" for epoch, loss in enumerate(losses, start=1)))
-    return ExperimentResult(config, out_dir, metrics, failures, fold_dirs,
-                            time.perf_counter() - started, len(pending), losses)
+        completed = [i for i in range(len(subjects)) if fold_is_complete(fold_dirs[i], tests[i], prints[i])]
+        if not completed:
+            shown = "; ".join(f"{s}: {m}" for s, m in list(failures.items())[:3])
+            raise MerError(f"{out_dir}: no fold is complete, nothing to score" + (f" (failures: {shown})" if shown else ""))
+        table = pd.concat([read_predictions(fold_dirs[i] / PREDICTIONS_FILE) for i in completed], ignore_index=True)
+        check_coverage(table, [x for i in completed for x in tests[i]])
+        classes = PROTOCOLS[config.protocol].classes
+        metrics = compute_metrics(table, classes)
+        missing = [subjects[i] for i in range(len(subjects)) if i not in completed]
+        metrics["folds"] = {"completed": len(completed), "total": len(subjects), "missing_subjects": missing}
+        if missing:
+            note = f"partial: {len(completed)} of {len(subjects)} folds complete; missing subjects: {', '.join(missing)}"
+            metrics["notes"].append(note)
+            warnings.warn(f"{out_dir}: metrics are {note}", UserWarning, stacklevel=2)
+        write_predictions(table, out_dir / PREDICTIONS_FILE)
+        write_metrics(metrics, out_dir / "metrics.json")
+        synthetic = ", synthetic data" if is_synthetic(config.root) else ""
+        plot_confusion_matrix(metrics["confusion"], classes, path=out_dir / "confusion.png",
+                              title=f"{config.method} on {config.protocol}, {len(table)} samples{synthetic}")
+        losses = mean_epoch_losses([fold_dirs[i] for i in completed])
+        if losses:
+            atomic_write_text(out_dir / LOSSES_FILE, "epoch,mean_loss\n" + "".join(
+                f"{epoch},{loss:.6f}\n" for epoch, loss in enumerate(losses, start=1)))
+        return ExperimentResult(config, out_dir, metrics, failures, fold_dirs,
+                                time.perf_counter() - started, len(pending), losses)
+    except BaseException:
+        if claimed_now and not any(out_dir.glob(f"fold_*/{DONE_FILE}")):  # a failed start leaves no config.json
+            (out_dir / CONFIG_FILE).unlink(missing_ok=True)
+            (out_dir / LOCK_FILE).unlink(missing_ok=True)  # nor a lock file in a folder that is not an experiment
+            if created_dir:
+                with contextlib.suppress(OSError):
+                    out_dir.rmdir()  # only if empty
+        raise
+    finally:
+        lock.close()
 
 
 def mean_epoch_losses(fold_dirs: Sequence[Path]) -> list[float]:

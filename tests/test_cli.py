@@ -124,7 +124,7 @@ def test_bad_inputs_fail_before_any_work_or_output(tmp_path, capsys):
     blocker.write_text("mine")
     assert main(["preprocess", "--root", str(root), "--protocol", "casme2-5class", "--face-crop", "none",
                  "--workers", "1", "--out", str(blocker / "cache")]) == 2
-    assert capsys.readouterr().err.startswith(f"error: cannot write to the output folder {blocker / 'cache'}")
+    assert capsys.readouterr().err.startswith(f"error: cannot write to the cache folder {blocker / 'cache'}")
     out = tmp_path / "experiment"
     assert main(["loso", "--root", str(tmp_path / "cache-less"), "--protocol", "casme2-5class",
                  "--method", "lbptop", "--out", str(out)]) == 2

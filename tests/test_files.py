@@ -23,3 +23,14 @@ def test_atomic_writes_get_the_umask_permissions_like_any_other_file(tmp_path, u
     assert stat.S_IMODE(binary.stat().st_mode) == expected
     assert written.read_text() == "{}\n" and binary.read_bytes() == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["image.png", "metrics.json", "out", "plain.txt"]
+
+
+def test_a_failed_atomic_write_names_the_file_meant_not_a_temporary_one(tmp_path):
+    """The CLI prints an OSError's filename: it must be the file the kit meant to write (a
+    temporary ".name.xxxx.tmp" beside it means nothing to a user), and nothing is left."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    with pytest.raises(OSError) as raised:
+        atomic_write_text(blocker / "done.json", "{}")
+    assert raised.value.filename == str(blocker / "done.json") and raised.value.strerror
+    assert blocker.read_text() == "mine"

@@ -457,9 +457,9 @@ def test_bad_parameters_and_unwritable_output_fail_before_any_clip_is_computed(t
                                **{name: value})
     blocker = tmp_path / "a-file"
     blocker.write_text("mine")
-    with pytest.raises(ConfigError, match=r"output folder .*a-file is a file, not a folder"):
+    with pytest.raises(ConfigError, match=r"cache folder .*a-file is a file, not a folder"):
         preprocess_samples([sample], "ars", cache_dir=blocker, face_crop="none", size=64, workers=1, progress=False)
-    with pytest.raises(ConfigError, match=r"cannot write to the output folder .*a-file/cache \(Not a directory\)"):
+    with pytest.raises(ConfigError, match=r"cannot write to the cache folder .*a-file/cache \(Not a directory\)"):
         preprocess_samples([sample], "ars", cache_dir=blocker / "cache", face_crop="none", size=64, workers=1,
                            progress=False)
     assert computed == [] and blocker.read_text() == "mine"

@@ -507,3 +507,29 @@ def test_an_unreachable_scheduler_is_named_before_any_work(data_root, tmp_path, 
         run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop"), out,
                        scheduler="tcp://127.0.0.1:1", folds=[0], use_papermill=False, progress=False)
     assert not out.exists()
+
+
+def test_a_second_run_of_the_same_folder_at_once_is_refused_and_a_failed_start_leaves_nothing(tiny, tmp_path, scheduler):
+    """Two runs of one experiment folder at the same time would train every fold twice and
+    could score each other's half-written folds: the second is refused in one line while the
+    first holds the folder's lock (released when its process ends, killed or not). A start
+    that fails before any fold (here a cache folder that is a file) leaves no config.json, so
+    a corrected retry is not refused as "another configuration"."""
+    from mer_utils.runs import LOCK_FILE, _lock_experiment_dir
+
+    out = tmp_path / "exp"
+    held = _lock_experiment_dir(out)
+    try:
+        with pytest.raises(ConfigError, match=rf"{out} is in use by another run of this experiment"):
+            run_experiment(tiny, out, scheduler=scheduler, folds=[0], progress=False)
+    finally:
+        held.close()
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # the refused run wrote nothing
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ConfigError, match="cache folder .*a-file/cache is a file|cannot write to the cache folder"):
+        run_experiment(tiny.replace(cache_dir=str(blocker / "cache")), fresh, scheduler=scheduler, folds=[0],
+                       progress=False)
+    assert not fresh.exists() and blocker.read_text() == "mine"
