@@ -157,6 +157,7 @@ def cmd_loso(args: argparse.Namespace) -> int:
     result = run_experiment(config, args.out, scheduler=args.scheduler,
                             workers=args.workers, folds=args.folds, use_papermill=args.fold_notebooks)
     print(format_metrics(result.metrics))
+    print(f"{result.summary_line()} -> {result.out_dir}")
     if result.failures:
         for subject, message in result.failures.items():
             print(f"fold {subject} failed: {message}", file=sys.stderr)

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image  # torchvision's dependency
 
 from mer_utils.data.sample import Sample
-from mer_utils.files import atomic_write_bytes, file_digest
+from mer_utils.files import atomic_write_bytes, exit_with_parent, file_digest
 from mer_utils.errors import ConfigError, PreprocessError, check_int
 from mer_utils.face import DETECT_WIDTH, FACE_CROP, FOREHEAD, MARGIN, MIN_SIZE, load_face_models, make_aligner
 
@@ -463,6 +463,7 @@ def _cpu_count() -> int:
 
 
 def _init_worker() -> None:
+    exit_with_parent()  # a killed `mer preprocess` or `mer loso` leaves no pool worker behind
     cv2.setNumThreads(1)  # one process per core already
 
 

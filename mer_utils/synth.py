@@ -474,6 +474,9 @@ def _init_worker(photo: np.ndarray, landmarks: np.ndarray, seed: int, noise: flo
 def _init_pool_worker(*initargs) -> None:
     import cv2
 
+    from mer_utils.files import exit_with_parent
+
+    exit_with_parent()  # a killed `mer synth` leaves no pool worker behind
     cv2.setNumThreads(1)  # one clip per process already uses the cores
     _init_worker(*initargs)
 

@@ -144,7 +144,9 @@ def test_local_cluster_runs_two_folds_and_scores_them(two_fold_run, data_root):
     result, out = two_fold_run, two_fold_run.out_dir
     assert result.failures == {} and result.trained_folds == 2
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "confusion.png", "fold_00_sub01", "fold_01_sub02", "losses.csv", "metrics.json", "predictions.csv"]
+        ".mer-lock", "config.json", "confusion.png", "fold_00_sub01", "fold_01_sub02", "losses.csv", "metrics.json",
+        "predictions.csv"]
+    assert result.summary_line().startswith(f"2/6 folds, 2 trained now, UF1 {result.metrics['uf1']:.4f}, UAR ")
     recorded = json.loads((out / "config.json").read_text())
     assert recorded["config"] == result.config.to_dict() and recorded["kit_version"]
     assert recorded["train"]["label_smoothing"] == TrainConfig().label_smoothing
@@ -446,11 +448,14 @@ def test_config_is_written_only_after_the_inputs_load(data_root, tmp_path, monke
         run_experiment(config, out, use_papermill=False, progress=False)
     assert not out.exists()  # nothing written: the corrected command is not refused
     monkeypatch.setattr("mer_utils.runs.prepare_inputs", lambda *a, **k: None)
-    monkeypatch.setattr("mer_utils.runs._run_folds", lambda *a, **k: {})
+    recorded = []  # config.json while the folds run: written once the inputs load
+    monkeypatch.setattr("mer_utils.runs._run_folds",
+                        lambda *a, **k: recorded.append(json.loads((out / "config.json").read_text())) or {})
     fixed = ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop")
     with pytest.raises(MerError, match="no fold is complete"):  # folds stubbed out: nothing ran
         run_experiment(fixed, out, use_papermill=False, progress=False)
-    assert json.loads((out / "config.json").read_text())["config"]["root"] == str(data_root.resolve())
+    assert recorded[0]["config"]["root"] == str(data_root.resolve())
+    assert not out.exists()  # no fold finished: the run claimed nothing a corrected command would hit
 
 
 def test_a_folder_of_the_users_files_or_a_file_is_not_taken_for_an_experiment(data_root, tmp_path):

@@ -328,7 +328,10 @@ def prepare_features(samples: Sequence, cache_dir, frames: int = FRAMES, size: i
                 compute_feature(cache_dir, sample, frames, size, face_crop)
                 bar.update(1)
         else:
-            with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            from mer_utils.files import exit_with_parent
+
+            with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=exit_with_parent) as pool:
                 futures = [pool.submit(compute_feature, cache_dir, s, frames, size, face_crop) for s in todo]
                 for future in cf.as_completed(futures):
                     future.result()
