@@ -35,12 +35,15 @@ install: $(STAMP)
 
 # pip installs without byte-compiling; compileall then compiles on every core, not one file at
 # a time (make install 142 s against 177 s on 2 cores). Where PYTHONDONTWRITEBYTECODE is set,
-# what is not compiled here is compiled again at every import. A few of torch's test helpers
-# use Python 3.12 syntax and do not compile (pip passes over them too), hence the || true.
+# what is not compiled here is compiled again at every import (importing the kit's stack takes
+# 39 s uncompiled, 14 s compiled). The packages' own test suites (tests/ folders, a fifth of the
+# code) and pip are never imported by the kit and are left out: 40 s against 61 s on 2 cores.
+# A few of torch's test helpers use Python 3.12 syntax and do not compile (pip passes over them
+# too), hence the || true.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test]"
-	$(PY) -m compileall -qq -j 0 $(VENV)/lib || true
+	$(PY) -m compileall -qq -j 0 -x '/(tests|pip)/' $(VENV)/lib || true
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mer-residual)" >/dev/null
 	@touch $(STAMP)
 
