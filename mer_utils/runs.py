@@ -117,8 +117,6 @@ def _claim_experiment_dir(config: ExperimentConfig, out_dir: Path) -> None:
         # not an experiment folder: the experiment's files would replace the user's
         raise ConfigError(f"{out_dir} holds files but no experiment of this kit ({CONFIG_FILE}): "
                           "use a new or empty folder")
-    elif out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"experiment folder {out_dir} is a file, not a folder: use another folder")
     _write_json_atomic(path, record)
 
 
