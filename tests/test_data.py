@@ -189,6 +189,11 @@ def test_the_folder_levels_the_real_archives_unpack_into_are_read(tmp_path):
                                            r"SAMM_20181215_Micro_FACS_Codes_v2\.xlsx, SAMM_Micro_FACS_Codes_v1\.xlsx"):
         read_samm(folder)
 
+    smic_e = tmp_path / "smic-e" / "SMIC"
+    write_frames(smic_e / "HS" / "s01" / "s01_ne_01", range(1, 4), "{:06d}.jpg")  # SMIC-E's HS_long-like layout
+    with pytest.raises(DatasetError, match=r"no clips found .*SMIC-E's long recordings, HS_long, are not read"):
+        read_smic(smic_e)
+
     for release in ("SMIC_all_cropped", "SMIC_all_raw"):
         smic = make_smic(tmp_path / release)
         (smic / release).mkdir()

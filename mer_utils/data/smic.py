@@ -80,7 +80,8 @@ def read_smic(path: str | Path, left_out: dict[str, str] | None = None) -> list[
         warnings.warn(f"{len(empty)} SMIC-HS clip folder(s) without frame images left out: "
                       + ", ".join(str(p) for p in empty), DataWarning, stacklevel=2)
     if not samples:
-        raise DatasetError(f"{hs}: no clips found (expected s1/micro/negative/s1_ne_01/image000123.bmp)")
+        raise DatasetError(f"{hs}: no clips found (expected s1/micro/negative/s1_ne_01/image000123.bmp; SMIC-E's "
+                           "long recordings, HS_long, are not read: the protocols use SMIC-HS's micro clips)")
     return sorted(samples, key=lambda s: (s.subject, s.clip))
 
 
