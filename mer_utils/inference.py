@@ -661,10 +661,10 @@ def model_summary(model: LoadedModel) -> str:
 
 
 def _rates(training: Mapping) -> str:
-    """"lr 0.001 (fully connected layers 0.0001)" from a card's training record (older cards
-    lack fc_lr)."""
-    fc = f" (fully connected layers {training['fc_lr']:g})" if "fc_lr" in training else ""
-    return f"lr {training['lr']:g}{fc}"
+    """:func:`mer_utils.tables.rates_text` of a card's training record (older cards lack fc_lr)."""
+    from mer_utils.tables import rates_text
+
+    return rates_text(training["lr"], training.get("fc_lr"))
 
 
 def card_table(model: LoadedModel) -> pd.DataFrame:

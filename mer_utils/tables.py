@@ -256,13 +256,19 @@ def fold_training_note(record: Mapping, config=None) -> str:
             + ", " + training_text(config))
 
 
+def rates_text(lr: float, fc_lr: float | None = None) -> str:
+    """The two peak learning rates as reports word them: "lr 0.001 (fully connected layers
+    0.0001)"; without ``fc_lr`` (model cards older than the setting) the first only."""
+    return f"lr {lr:g}" + (f" (fully connected layers {fc_lr:g})" if fc_lr is not None else "")
+
+
 def training_text(config) -> str:
     """A CropNet configuration's settings after its epochs and networks, as every training note
     words them: "lr 0.001 (fully connected layers 0.0001), batch 4, at 64 px, the paper's flip
     and rotation only, tested with BatchNorm statistics of the un-augmented training images"."""
     from mer_utils.train import AUGMENTATION_TEXT
 
-    text = (f"lr {config.lr:g} (fully connected layers {config.fc_lr:g}), batch {config.batch_size}, "
+    text = (f"{rates_text(config.lr, config.fc_lr)}, batch {config.batch_size}, "
             f"at {config.image_size} px, {AUGMENTATION_TEXT[config.augmentation]}")
     if config.recalibrate_bn:
         return text + ", tested with BatchNorm statistics of the un-augmented training images"

@@ -34,12 +34,8 @@ def list_frames(folder: Path) -> tuple[tuple[Path, ...], tuple[int, ...]]:
         raise DatasetError(f"clip folder {folder} does not exist")
     numbered: dict[int, Path] = {}
     with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith(".") or not entry.is_file():
-                continue
-            stem, ext = os.path.splitext(entry.name)
-            if ext.lower() not in IMAGE_EXTENSIONS:
-                continue
+        for entry in filter(_is_image_file, entries):
+            stem = os.path.splitext(entry.name)[0]
             match = _TRAILING_NUMBER.search(stem)
             path = Path(entry.path)
             if match is None:
@@ -61,11 +57,28 @@ def list_frames(folder: Path) -> tuple[tuple[Path, ...], tuple[int, ...]]:
     return tuple(numbered[n] for n in numbers), numbers
 
 
+def _is_image_file(entry: os.DirEntry) -> bool:
+    """A frame file as list_frames counts them: not hidden, a file, an image extension."""
+    return (not entry.name.startswith(".") and entry.is_file()
+            and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS)
+
+
 def holds_frames(folder: Path) -> bool:
-    """Whether ``folder`` holds at least one (non-hidden) image file, as list_frames counts them."""
+    """Whether ``folder`` holds at least one frame file (:func:`_is_image_file`)."""
     with os.scandir(folder) as entries:
-        return any(not e.name.startswith(".") and e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-                   for e in entries)
+        return any(map(_is_image_file, entries))
+
+
+def has_subfolder(folder: Path, pattern: re.Pattern) -> bool:
+    """Whether ``folder`` holds a folder whose name matches ``pattern`` (a dataset's subject
+    folders: ``sub01``, ``006``), so the readers can tell which nesting holds the clips."""
+    return any(pattern.match(p.name) and p.is_dir() for p in folder.iterdir())
+
+
+def listed(items: list[str], separator: str = "; ") -> str:
+    """Up to MAX_LISTED_PROBLEMS ``items`` joined, then "; and N more" for the rest."""
+    more = len(items) - MAX_LISTED_PROBLEMS
+    return separator.join(items[:MAX_LISTED_PROBLEMS]) + (f"{separator}and {more} more" if more > 0 else "")
 
 
 def middle_frame(onset: int, offset: int) -> int:

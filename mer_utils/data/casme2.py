@@ -13,6 +13,7 @@ from pathlib import Path
 from mer_utils.data._common import (
     SheetRow,
     cell_text,
+    has_subfolder,
     read_sheet_samples,
     sheet_row_sample,
 )
@@ -62,7 +63,7 @@ def frames_folder(casme2_dir: Path, variant: str = "auto") -> tuple[Path, str]:
     for name in candidates:
         for place in VARIANT_PLACES[name]:
             folder = casme2_dir / place
-            if folder.is_dir() and any(_SUBJECT_FOLDER.match(p.name) and p.is_dir() for p in folder.iterdir()):
+            if folder.is_dir() and has_subfolder(folder, _SUBJECT_FOLDER):
                 return folder, name
     for name in candidates:  # present but without subject folders: its rows name the missing clips
         if (casme2_dir / VARIANT_FOLDERS[name]).is_dir():

@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from mer_utils.data._common import MAX_LISTED_PROBLEMS
+from mer_utils.data._common import MAX_LISTED_PROBLEMS, listed
 from mer_utils.data.casme2 import read_casme2
 from mer_utils.data.sample import APEX_MODES, DATASET_FOLDERS, DATASETS, Sample
 from mer_utils.data.samm import read_samm
@@ -88,12 +88,10 @@ def warn_unknown_emotions(samples: Iterable[Sample]) -> None:
     unknown = [s for s in samples if s.emotion.strip().lower() not in DATASET_EMOTIONS.get(s.dataset, ())]
     if not unknown:
         return
-    shown = "; ".join(f"{s.key} ({s.emotion!r}, {s.extra.get('annotation', s.dataset)})"
-                      for s in unknown[:MAX_LISTED_PROBLEMS])
-    more = f"; and {len(unknown) - MAX_LISTED_PROBLEMS} more" if len(unknown) > MAX_LISTED_PROBLEMS else ""
+    shown = listed([f"{s.key} ({s.emotion!r}, {s.extra.get('annotation', s.dataset)})" for s in unknown])
     known = "; ".join(f"{d}: {', '.join(e)}" for d, e in DATASET_EMOTIONS.items() if any(s.dataset == d for s in unknown))
     warnings.warn(f"{len(unknown)} clip(s) left out: their emotion is not one the dataset uses ({known}): "
-                  f"{shown}{more}", DataWarning, stacklevel=3)
+                  f"{shown}", DataWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- MEGC2019 list
@@ -299,10 +297,9 @@ def _listed_samples(
     dropped = [e for e in entries if e.key not in by_key and e.key in left_out]
     missing = [e for e in entries if e.key not in by_key and e.key not in left_out]
     if dropped and not missing:
-        shown = "; ".join(f"{e.key} (line {e.line}): {left_out[e.key]}" for e in dropped[:MAX_LISTED_PROBLEMS])
-        more = f"; and {len(dropped) - MAX_LISTED_PROBLEMS} more" if len(dropped) > MAX_LISTED_PROBLEMS else ""
+        shown = listed([f"{e.key} (line {e.line}): {left_out[e.key]}" for e in dropped])
         warnings.warn(f"{len(dropped)} sample(s) listed in {source} left out, so the set holds "
-                      f"{len(entries) - len(dropped)} of its {len(entries)}: {shown}{more}", DataWarning, stacklevel=3)
+                      f"{len(entries) - len(dropped)} of its {len(entries)}: {shown}", DataWarning, stacklevel=3)
         entries = [e for e in entries if e.key in by_key]
     if missing:
         shown = ", ".join(f"{e.key} (line {e.line})" for e in missing[:MAX_LISTED_PROBLEMS])

@@ -15,6 +15,7 @@ from pathlib import Path
 from mer_utils.data._common import (
     SheetRow,
     cell_text,
+    has_subfolder,
     read_sheet_samples,
     sheet_row_sample,
 )
@@ -72,13 +73,9 @@ def subjects_folder(samm_dir: Path) -> Path:
     """The folder holding the subject folders 006, 007, ...: ``samm_dir``, or ``samm_dir/SAMM``
     when the archive unpacked into a second SAMM folder."""
     nested = samm_dir / "SAMM"
-    if nested.is_dir() and not _has_subjects(samm_dir) and _has_subjects(nested):
+    if nested.is_dir() and not has_subfolder(samm_dir, _SUBJECT_FOLDER) and has_subfolder(nested, _SUBJECT_FOLDER):
         return nested
     return samm_dir
-
-
-def _has_subjects(folder: Path) -> bool:
-    return any(_SUBJECT_FOLDER.match(p.name) and p.is_dir() for p in folder.iterdir())
 
 
 def _row_sample(row: SheetRow, where: str, samm_dir: Path) -> Sample:
