@@ -33,8 +33,11 @@ PARAMS ?=
 
 install: $(STAMP)
 
-# pip installs without byte-compiling; compileall then compiles on every core, not one file at
-# a time (make install 142 s against 177 s on 2 cores). Where PYTHONDONTWRITEBYTECODE is set,
+# uv installs the same versions as pip (pyproject's pins) in less than half the time: 52 s
+# against 112 s on the development machine's 2 cores, from empty caches. It is installed into
+# the venv first; where it cannot be had or fails (an offline mirror only pip is configured for),
+# pip installs as before. Neither byte-compiles: compileall then compiles on every core, not
+# one file at a time (make install 142 s against 177 s with pip's own). Where PYTHONDONTWRITEBYTECODE is set,
 # what is not compiled here is compiled again at every import (importing the kit's stack takes
 # 39 s uncompiled, 14 s compiled). The packages' own test suites (tests/ folders, a fifth of the
 # code) and pip are never imported by the kit and are left out: 40 s against 61 s on 2 cores.
@@ -42,7 +45,8 @@ install: $(STAMP)
 # too), hence the || true.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check uv && $(PY) -m uv pip install --quiet --python $(PY) -e ".[test]" \
+	  || $(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test]"
 	$(PY) -m compileall -qq -j 0 -x '/(tests|pip)/' $(VENV)/lib || true
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mer-residual)" >/dev/null
 	@touch $(STAMP)
