@@ -46,7 +46,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv && $(PY) -m uv pip install --quiet --python $(PY) -e ".[test]" \
-	  || $(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test]"
+	  || { echo "uv could not install the packages (above): pip installs them instead"; \
+	       $(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test]"; }
 	$(PY) -m compileall -qq -j 0 -x '/(tests|pip)/' $(VENV)/lib || true
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mer-residual)" >/dev/null
 	@touch $(STAMP)
