@@ -54,6 +54,9 @@ from mer_utils.provenance import is_synthetic
 NOTEBOOK_PATH = PACKAGE_DIR.parent / "notebooks" / "03_train.ipynb"  # one fold as a notebook (repository checkouts)
 CONFIG_FILE, DONE_FILE, PREDICTIONS_FILE = "config.json", "done.json", "predictions.csv"
 LOSSES_FILE = "losses.csv"  # mean training loss per epoch over the folds
+PROGRESS_FILE = "progress.json"  # a CropNet fold's epochs so far, while it trains (removed when it ends)
+PROGRESS_POLL_S = 1.0  # how often the runner reads the running folds' progress for its bar
+PROGRESS_LINE_S = 60.0  # at most one "training: fold N epoch k/E" line this often (PROGRESS_ENV)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -194,6 +197,8 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
     fold_dir = Path(fold_dir)
     fold_dir.mkdir(parents=True, exist_ok=True)
     (fold_dir / DONE_FILE).unlink(missing_ok=True)
+    progress_file = fold_dir / PROGRESS_FILE
+    progress_file.unlink(missing_ok=True)
     samples = load_samples(config.root, config.protocol, megc_list=config.megc_list)
     subject = fold_subject(leave_one_subject_out(samples), fold, config)
     test = [s for s in samples if s.subject_id == subject]
@@ -213,7 +218,16 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
                                     face_crop=config.face_crop, size=config.preprocess_size, workers=1, progress=False)
         arrays = {key: load_image(path) for key, path in images.paths.items()}
         training = time.perf_counter()
-        result = train_fold(samples, subject, config.train_config(torch_threads, progress), arrays)
+        total = config.epochs * config.ensemble
+
+        def on_epoch(done: int, loss: float) -> None:  # read by the runner's bar (_epochs_done)
+            with contextlib.suppress(OSError):  # progress is a courtesy: it never stops a fold
+                _write_json_atomic(progress_file, {"epochs_done": done, "epochs": total, "loss": round(loss, 6)})
+
+        try:
+            result = train_fold(samples, subject, config.train_config(torch_threads, progress), arrays, on_epoch)
+        finally:
+            progress_file.unlink(missing_ok=True)
         predictions = result.to_frame()
         trained = dict(n_train=result.n_train, device=result.device, pretrained=result.pretrained,
                        weights=config.pretrained_weights, epoch_losses=[float(x) for x in result.epoch_losses],
@@ -333,7 +347,7 @@ def _run_fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill:
                    inputs: str | None = None) -> dict:
     config = ExperimentConfig.from_dict(config_values)
     fold_dir = Path(fold_dir)
-    for stale in (DONE_FILE, FOLD_FILE):
+    for stale in (DONE_FILE, FOLD_FILE, PROGRESS_FILE):
         (fold_dir / stale).unlink(missing_ok=True)
     try:
         if use_papermill:
@@ -486,15 +500,30 @@ def _report_progress(line: str) -> None:
             pass
 
 
+def _epochs_done(fold_dir: Path) -> int:
+    """The epochs a running CropNet fold has trained so far (its ``PROGRESS_FILE``; 0 before
+    its first epoch, or where the fold runs on a machine that does not share this folder)."""
+    try:
+        done = json.loads((fold_dir / PROGRESS_FILE).read_text(encoding="utf-8")).get("epochs_done", 0)
+    except (OSError, ValueError, AttributeError):  # not there yet, or being replaced
+        return 0
+    return done if isinstance(done, int) and not isinstance(done, bool) else 0
+
+
 def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, use_papermill, progress,
                label: str = "LOSO", inputs: str | None = None):
     """Submit the pending folds; returns failures {subject: message}. ``label`` names the
-    experiment in the progress lines (``PROGRESS_ENV``)."""
+    experiment in the progress lines (``PROGRESS_ENV``). The bar counts CropNet epochs over all
+    pending folds (read from each running fold's ``PROGRESS_FILE``), so a long fold shows its
+    progress and an estimate of the time left; LBP-TOP's counts folds. Where progress lines are
+    asked for, a CropNet experiment also writes the running folds' epochs after ``PROGRESS_LINE_S``
+    without a line, while they change (a fold at the paper's settings on a CPU takes long)."""
     from distributed import as_completed
     from tqdm.auto import tqdm
 
     client, owned, threads = _open_client(scheduler, workers, len(pending))
     failures: dict[str, str] = {}
+    per_fold = 1 if config.method == "lbptop" else config.epochs * config.ensemble
     try:
         gpu = any("GPU" in w.get("resources", {}) for w in client.scheduler_info().get("workers", {}).values())
         futures = {
@@ -503,17 +532,42 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
                           resources={"GPU": 1} if gpu else None): fold
             for fold, fold_dir in pending.items()
         }
-        for done, future in enumerate(tqdm(as_completed(futures), total=len(futures), desc="LOSO folds",
-                                           unit="fold", disable=not progress), start=1):
-            fold = futures[future]
-            try:
-                error = future.result()["error"]
-            except Exception as err:  # the worker died (KilledWorker) or the task was lost
-                error = f"{type(err).__name__}: {err}"
-            if error:
-                failures[subjects[fold]] = error
-            _report_progress(f"{label}: {done} of {len(futures)} folds done "
-                             f"(fold {fold}, {subjects[fold]}{': FAILED' if error else ''})")
+        finished: set[int] = set()
+        lines = per_fold > 1 and bool(os.environ.get(PROGRESS_ENV))
+        watch = progress or lines  # poll the running folds' progress files
+        last_line, last_epochs = time.monotonic(), {}
+        bar = tqdm(total=len(futures) * per_fold, desc=f"LOSO, {len(futures)} folds",
+                   unit="fold" if per_fold == 1 else "epoch", disable=not progress)
+        with bar:
+            remaining = as_completed(futures)
+            while len(finished) < len(futures):
+                for future in remaining.next_batch(block=not watch):  # nothing to show: wait for one
+                    fold = futures[future]
+                    try:
+                        error = future.result()["error"]
+                    except Exception as err:  # the worker died (KilledWorker) or the task was lost
+                        error = f"{type(err).__name__}: {err}"
+                    if error:
+                        failures[subjects[fold]] = error
+                    finished.add(fold)
+                    last_line = time.monotonic()  # a training line only after a minute without any line
+                    _report_progress(f"{label}: {len(finished)} of {len(futures)} folds done "
+                                     f"(fold {fold}, {subjects[fold]}{': FAILED' if error else ''})")
+                if not watch:
+                    continue
+                epochs = {} if per_fold == 1 else {fold: min(_epochs_done(pending[fold]), per_fold)
+                                                   for fold in pending if fold not in finished}
+                if progress:
+                    bar.update(max(0, len(finished) * per_fold + sum(epochs.values()) - bar.n))
+                    bar.set_postfix_str(f"{len(finished)}/{len(futures)} folds done", refresh=False)
+                if len(finished) == len(futures):
+                    break
+                training = {fold: done for fold, done in epochs.items() if done}
+                if lines and training != last_epochs and time.monotonic() - last_line >= PROGRESS_LINE_S:
+                    last_line, last_epochs = time.monotonic(), training
+                    _report_progress(f"{label}: {len(finished)} of {len(futures)} folds done; training " + ", ".join(
+                        f"fold {fold} epoch {done}/{per_fold}" for fold, done in sorted(training.items())))
+                time.sleep(PROGRESS_POLL_S)
     finally:
         if owned:
             client.close()

@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -314,13 +314,16 @@ def _reproducible(seed: int, device: torch.device, max_threads: int | None):
 
 
 def train_fold(
-    samples: Sequence[Sample], test_subject: str, config: TrainConfig, images: Mapping[str, np.ndarray]
+    samples: Sequence[Sample], test_subject: str, config: TrainConfig, images: Mapping[str, np.ndarray],
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> FoldResult:
     """Train CropNet on every subject but ``test_subject`` and predict that subject's samples.
 
     ``images`` maps ``sample.key`` to its preprocessed (H, W, 3) uint8 RGB image (ARS, RRS or
     flow). Loss: label-smoothing cross-entropy; optimiser: AdamP; ``config.epochs`` epochs,
-    no early stopping; the evaluated model is the one after the last epoch.
+    no early stopping; the evaluated model is the one after the last epoch. ``on_epoch(done,
+    loss)`` is called after each epoch, ``done`` counting the epochs of every network so far
+    (up to ``config.epochs * config.ensemble``).
     """
     started = time.perf_counter()
     train, test = split_fold(samples, test_subject)
@@ -334,7 +337,7 @@ def train_fold(
     with _reproducible(config.seed, device, config.max_threads):
         test_images = _as_tensors(test, images, config.image_size)
         test_labels = _labels(test, classes)
-        fitted = _fit(train, classes, config, images, device, desc=f"fold {test_subject}")
+        fitted = _fit(train, classes, config, images, device, desc=f"fold {test_subject}", on_epoch=on_epoch)
         predicting = time.perf_counter()
         probs = _predict(fitted.model, test_images, config, device, fitted.autocast)
         seconds = {**fitted.seconds, "predict": round(time.perf_counter() - predicting, 3)}
@@ -408,21 +411,22 @@ def _check_batches(n_train: int, config: TrainConfig, where: str) -> None:
 
 
 def _fit(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig, images: Mapping[str, np.ndarray],
-         device: torch.device, desc: str) -> TrainedModel:
+         device: torch.device, desc: str, on_epoch: Callable[[int, float], None] | None = None) -> TrainedModel:
     """One CropNet (``_fit_one``), or ``config.ensemble`` of them as a ``SeedEnsemble``: member
     k is trained exactly as a single run with seed ``config.seed + k`` (its own seeding,
     initialisation, shuffling and augmentation). Epoch losses are the members' means, seconds
     their sums; call inside ``_reproducible``."""
     if config.ensemble == 1:
-        return _fit_one(train, classes, config, images, device, desc)
+        return _fit_one(train, classes, config, images, device, desc, on_epoch)
     from mer_utils.models.ensemble import SeedEnsemble
 
     members = []
     for k in range(config.ensemble):
         member = dataclasses.replace(config, seed=config.seed + k, ensemble=1)
+        counted = None if on_epoch is None else (lambda done, loss, before=k * config.epochs: on_epoch(before + done, loss))
         with _reproducible(member.seed, device, config.max_threads):
             members.append(_fit_one(train, classes, member, images, device,
-                                    desc=f"{desc}, network {k + 1}/{config.ensemble}"))
+                                    desc=f"{desc}, network {k + 1}/{config.ensemble}", on_epoch=counted))
     first = members[0]
     seconds = {"epochs": [round(sum(column), 3) for column in zip(*(m.seconds["epochs"] for m in members))]}
     if "recalibrate" in first.seconds:
@@ -434,7 +438,8 @@ def _fit(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig,
 
 
 def _fit_one(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig,
-             images: Mapping[str, np.ndarray], device: torch.device, desc: str) -> TrainedModel:
+             images: Mapping[str, np.ndarray], device: torch.device, desc: str,
+             on_epoch: Callable[[int, float], None] | None = None) -> TrainedModel:
     """Build CropNet and run the one training loop (``_train``) on ``train``; call inside ``_reproducible``."""
     on_cuda = device.type == "cuda"
     amp = config.amp and on_cuda
@@ -451,7 +456,8 @@ def _fit_one(train: Sequence[Sample], classes: tuple[str, ...], config: TrainCon
         model.channels_last = True
     fitted = TrainedModel(model, classes, [], device, amp, amp_dtype, channels_last, len(train))
     fitted.epoch_losses, fitted.seconds["epochs"] = _train(model, train_set, config, device, fitted.autocast,
-                                                           use_scaler=amp and amp_dtype == torch.float16, desc=desc)
+                                                           use_scaler=amp and amp_dtype == torch.float16, desc=desc,
+                                                           on_epoch=on_epoch)
     if config.recalibrate_bn:
         started = time.perf_counter()
         recalibrate_batchnorm(model, train_set.images, config, device, fitted.autocast)
@@ -541,9 +547,11 @@ def predict_probs(model: CropNet, images: Sequence[np.ndarray], config: TrainCon
 
 
 def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: torch.device, autocast,
-           use_scaler: bool, desc: str) -> tuple[list[float], list[float]]:
+           use_scaler: bool, desc: str, on_epoch: Callable[[int, float], None] | None = None
+           ) -> tuple[list[float], list[float]]:
     """``config.epochs`` epochs of AdamP on label-smoothing cross-entropy; returns each epoch's
-    mean loss and wall seconds (the first includes starting the loader processes)."""
+    mean loss and wall seconds (the first includes starting the loader processes).
+    ``on_epoch(epochs done, mean loss)`` is called after each epoch."""
     workers = config.loader_workers(device)
     loader = DataLoader(
         train_set,
@@ -602,6 +610,8 @@ def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: to
         rate = seen / elapsed
         bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", samples_per_s=f"{rate:.1f}")
         log.info("%s epoch %d/%d loss %.4f %.1f samples/s", desc, epoch + 1, config.epochs, epoch_losses[-1], rate)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epoch_losses[-1])
     return epoch_losses, epoch_seconds
 
 

@@ -19,7 +19,9 @@ from mer_utils.config import ExperimentConfig
 from mer_utils.provenance import is_synthetic
 from mer_utils.paths import PROGRESS_ENV
 from mer_utils.preprocess import sample_window
-from mer_utils.runs import (DONE_FILE, FOLD_FILE, NOTEBOOK_PATH, PREDICTIONS_FILE, _fold_task, fold_dir_name,
+from mer_utils import runs
+from mer_utils.runs import (DONE_FILE, FOLD_FILE, NOTEBOOK_PATH, PREDICTIONS_FILE, PROGRESS_FILE, _epochs_done,
+                            _fold_task, fold_dir_name,
                             fold_fingerprint, fold_subject, inputs_digest,
                             fold_is_complete, fold_staleness, leave_one_subject_out, run_experiment, run_fold)
 from mer_utils.synth import make_synthetic
@@ -328,6 +330,58 @@ def test_the_runner_writes_a_progress_line_per_finished_fold_where_asked(data_ro
     lines = progress.read_text().splitlines()
     assert [line.split(" (")[0] for line in lines] == ["lbptop: 1 of 2 folds done", "lbptop: 2 of 2 folds done"]
     assert sorted(line.split(" (")[1] for line in lines) == ["fold 0, sub01)", "fold 2, sub03)"]
+
+
+@pytest.mark.slow
+def test_the_bar_counts_every_folds_epochs_as_they_train(tiny, tmp_path, scheduler, capsys, monkeypatch):
+    """A long fold shows its progress: each CropNet fold writes its epochs so far to
+    PROGRESS_FILE after every epoch (removed when it ends), and the runner's bar counts them."""
+    written = []
+    real = runs._write_json_atomic
+
+    def spy(path, data):
+        if Path(path).name == PROGRESS_FILE:
+            written.append((Path(path).parent.name, data["epochs_done"], data["epochs"]))
+        real(path, data)
+
+    monkeypatch.setattr(runs, "_write_json_atomic", spy)
+    monkeypatch.setattr(runs, "PROGRESS_POLL_S", 0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "partial: 2 of 6 folds"
+        result = run_experiment(tiny.replace(epochs=2), tmp_path / "bar", scheduler=scheduler, folds=[0, 1],
+                                use_papermill=False, progress=True)
+    assert sorted(written) == [("fold_00_sub01", 1, 2), ("fold_00_sub01", 2, 2),
+                               ("fold_01_sub02", 1, 2), ("fold_01_sub02", 2, 2)]
+    assert not list(result.out_dir.glob(f"fold_*/{PROGRESS_FILE}"))
+    err = capsys.readouterr().err
+    assert "LOSO, 2 folds" in err and "4/4" in err and "epoch" in err and "2/2 folds done" in err
+
+
+@pytest.mark.slow
+def test_progress_lines_name_the_running_folds_epochs_after_a_quiet_spell(tiny, tmp_path, scheduler, monkeypatch):
+    """``mer reproduce`` shows these too: a fold at the paper's settings on a CPU runs for long."""
+    progress = tmp_path / "progress.txt"
+    monkeypatch.setenv(PROGRESS_ENV, str(progress))
+    monkeypatch.setattr(runs, "PROGRESS_POLL_S", 0.01)
+    monkeypatch.setattr(runs, "PROGRESS_LINE_S", 0.0)
+    monkeypatch.setattr(runs, "_epochs_done", lambda fold_dir: 1)  # every running fold is in its first epoch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        run_experiment(tiny.replace(epochs=3), tmp_path / "lines", scheduler=scheduler, folds=[0, 1],
+                       use_papermill=False, progress=False)
+    lines = progress.read_text().splitlines()
+    assert [line.split(" (")[0] for line in lines if "folds done (" in line] == [
+        "lines: 1 of 2 folds done", "lines: 2 of 2 folds done"]
+    training = [line for line in lines if "; training" in line]
+    assert training[0] == "lines: 0 of 2 folds done; training fold 0 epoch 1/3, fold 1 epoch 1/3"
+    assert len(set(training)) == len(training)  # a line only when the epochs change
+
+
+def test_a_missing_or_unreadable_progress_file_counts_no_epoch(tmp_path):
+    assert _epochs_done(tmp_path) == 0
+    for text, expected in [("{", 0), ("[1]", 0), ('{"epochs_done": true}', 0), ('{"epochs_done": 3, "epochs": 5}', 3)]:
+        (tmp_path / PROGRESS_FILE).write_text(text)
+        assert _epochs_done(tmp_path) == expected
 
 
 @pytest.mark.slow
