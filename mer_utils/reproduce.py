@@ -99,10 +99,12 @@ PROFILES: dict[str, dict[str, object]] = {
     },
     # Real data on one GPU: the configuration's defaults (the paper's 320 x 320 input and
     # augmentation, TrainConfig's epochs), ImageNet weights as in the paper, N_key 1..10 as in Figure 5,
-    # the official MEGC2019 list, one fold at a time (several GPUs: pass a Dask scheduler
-    # with one worker per GPU), each fold kept as an executed notebook 03.
+    # the official MEGC2019 list, one fold at a time (the local cluster's default on a CUDA
+    # machine; several GPUs: pass a Dask scheduler with one worker per GPU), each fold kept as
+    # an executed notebook 03. ``workers`` stays 0: it also sets the preprocessing processes,
+    # which should use every core.
     "full-gpu": {
-        "pretrained_weights": "imagenet", "n_key_values": "1,2,3,4,5,6,7,8,9,10", "workers": 1,
+        "pretrained_weights": "imagenet", "n_key_values": "1,2,3,4,5,6,7,8,9,10",
         "fold_notebooks": True, "megc_list": "official",
     },
 }
@@ -525,6 +527,18 @@ def warn_without_gpu() -> None:
                       "64) run smaller", UserWarning, stacklevel=3)
 
 
+def check_weights(profile: str, overrides: Mapping[str, object] | None = None) -> None:
+    """Where the notebooks are to start from ImageNet (the full-gpu profile, or ``-p
+    pretrained_weights imagenet``): ConfigError in one line now when timm's weights can be had
+    neither online nor from the cache, before any notebook preprocesses or trains."""
+    from mer_utils.models.cropnet import IMAGENET, check_imagenet_weights
+    from mer_utils.train import TrainConfig
+
+    settings = {**PROFILES.get(profile, {}), **(overrides or {})}
+    if str(settings.get("pretrained_weights", "")).lower() == IMAGENET:
+        check_imagenet_weights(str(settings.get("backbone") or TrainConfig().backbone))
+
+
 def reproduce(data_root: str | os.PathLike = SYNTHETIC_DIR, profile: str = "synthetic-cpu",
               only: Iterable[str] | None = None, runs_dir: str | os.PathLike = RUNS_DIR,
               reports_dir: str | os.PathLike = REPORTS_DIR, overrides: Mapping[str, object] | None = None) -> Path:
@@ -538,6 +552,7 @@ def reproduce(data_root: str | os.PathLike = SYNTHETIC_DIR, profile: str = "synt
     html_exporter()  # the reports can be made: checked before hours of notebooks
     if profile == "full-gpu":
         warn_without_gpu()
+    check_weights(profile, overrides)
     outcome = run_notebooks(only, data_root=data_root, profile=profile, out_dir=runs_dir, overrides=overrides)
     index = render_reports(runs_dir, reports_dir)
     for line in result_lines(runs_dir, [name for name, run in outcome.items() if not run["error"]]):

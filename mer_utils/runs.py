@@ -24,8 +24,10 @@ and cores (or ``workers``; one on a machine with CUDA, see :func:`default_local_
 each fold's torch limited to cores // workers threads (or
 ``$OMP_NUM_THREADS``, see :func:`fold_threads`); or the
 scheduler given as ``scheduler=`` or ``$DASK_SCHEDULER_ADDRESS``. On a GPU machine start each worker with one
-GPU and one thread, e.g. ``CUDA_VISIBLE_DEVICES=0 dask worker tcp://host:8786 --nthreads 1
---resources GPU=1``: folds then ask for ``resources={"GPU": 1}`` and run one per GPU.
+GPU and one thread, e.g. ``CUDA_VISIBLE_DEVICES=0 DASK_DISTRIBUTED__WORKER__DAEMON=False dask worker
+tcp://host:8786 --nthreads 1 --resources GPU=1`` (not daemonic, so that in-process folds may
+start their loader processes): CropNet folds then ask for ``resources={"GPU": 1}`` and run
+one per GPU; LBP-TOP's folds ask for none.
 """
 from __future__ import annotations
 
@@ -529,7 +531,7 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
         futures = {
             client.submit(_fold_task, config.to_dict(), fold, str(fold_dir), use_papermill, threads, inputs,
                           pure=False, key=f"loso-fold-{fold:02d}-{time.time_ns()}",
-                          resources={"GPU": 1} if gpu else None): fold
+                          resources={"GPU": 1} if gpu and config.method != "lbptop" else None): fold
             for fold, fold_dir in pending.items()
         }
         finished: set[int] = set()
@@ -631,6 +633,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
         pending = {i: fold_dirs[i] for i in chosen if reasons[i]}
         failures = {}
         if pending:
+            if config.method != "lbptop" and config.pretrained_weights == "imagenet":  # cropnet.IMAGENET
+                from mer_utils.models.cropnet import check_imagenet_weights  # offline: one line now, not per fold
+
+                check_imagenet_weights(config.backbone)
             prepare_inputs(config, samples, workers, progress)
             failures = _run_folds(config, pending, subjects, scheduler, workers, use_papermill, progress,
                                   label=out_dir.name, inputs=inputs)

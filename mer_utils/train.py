@@ -11,9 +11,11 @@ import contextlib
 import dataclasses
 import logging
 import math
+import multiprocessing
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -105,10 +107,18 @@ class TrainConfig:
 
     def loader_workers(self, device: torch.device) -> int:
         """DataLoader processes on ``device``: ``num_workers``, or by default 0 on CPU (the
-        augmentation is a small share of a CPU step) and CUDA_LOADER_WORKERS on CUDA."""
-        if self.num_workers is not None:
-            return self.num_workers
-        return CUDA_LOADER_WORKERS if device.type == "cuda" else 0
+        augmentation is a small share of a CPU step) and CUDA_LOADER_WORKERS on CUDA. None in
+        a daemonic process, which may not start any: a ``dask worker`` started without
+        ``DASK_DISTRIBUTED__WORKER__DAEMON=False`` (README, "Running on a GPU") runs its
+        folds' augmentation in the training process, with a warning."""
+        workers = self.num_workers if self.num_workers is not None else (
+            CUDA_LOADER_WORKERS if device.type == "cuda" else 0)
+        if workers and multiprocessing.current_process().daemon:
+            warnings.warn(f"this process is daemonic and may not start the {workers} DataLoader processes asked for: "
+                          "the training process augments the batches itself (slower; for a dask worker, start it with "
+                          "DASK_DISTRIBUTED__WORKER__DAEMON=False)", UserWarning, stacklevel=2)
+            return 0
+        return workers
 
     def uses_channels_last(self, device: torch.device) -> bool:
         """Memory format on ``device``: ``channels_last``, or by default channels-last on CPU
@@ -290,6 +300,13 @@ def _labels(samples: list[Sample], classes: tuple[str, ...]) -> list[int]:
     return labels
 
 
+def _native_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` computes bfloat16 natively (compute capability 8.0 on); older
+    ones (V100, T4) only emulate it, so training takes float16 with a gradient scaler there."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 @contextlib.contextmanager
 def _reproducible(seed: int, device: torch.device, max_threads: int | None):
     """Seed every generator; deterministic kernels on CPU; restore the global switches afterwards."""
@@ -332,6 +349,7 @@ def train_fold(
     classes = config.classes or tuple(sorted({s.label for s in samples}))
     device = _resolve_device(config.device)
     if device.type == "cuda":
+        torch.cuda.init()  # with an index ("cuda:1") nothing else has initialised CUDA in a new process yet
         torch.cuda.reset_peak_memory_stats(device)
 
     with _reproducible(config.seed, device, config.max_threads):
@@ -369,10 +387,13 @@ def train_fold(
 
 
 def _config_record(config: TrainConfig, classes: tuple[str, ...], fitted: "TrainedModel") -> dict:
+    with warnings.catch_warnings():  # a daemonic process's loader warning was given once, in training
+        warnings.simplefilter("ignore", UserWarning)
+        loader_workers = config.loader_workers(fitted.device)
     return {**dataclasses.asdict(config), "classes": list(classes),
             "pretrained_weights": None if config.pretrained_weights is None else str(config.pretrained_weights),
             "amp_dtype": str(fitted.amp_dtype).removeprefix("torch.") if fitted.amp else "float32",
-            "num_workers": config.loader_workers(fitted.device), "channels_last": fitted.channels_last}
+            "num_workers": loader_workers, "channels_last": fitted.channels_last}
 
 
 @dataclass
@@ -443,7 +464,7 @@ def _fit_one(train: Sequence[Sample], classes: tuple[str, ...], config: TrainCon
     """Build CropNet and run the one training loop (``_train``) on ``train``; call inside ``_reproducible``."""
     on_cuda = device.type == "cuda"
     amp = config.amp and on_cuda
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = torch.bfloat16 if amp and _native_bf16(device) else torch.float16
     train = list(train)
     train_set = _ImageSet(
         _as_tensors(train, images, config.image_size), _labels(train, classes),
@@ -535,10 +556,11 @@ def train_model(samples: Sequence[Sample], config: TrainConfig, images: Mapping[
 
 
 def predict_probs(model: CropNet, images: Sequence[np.ndarray], config: TrainConfig,
-                  device: str | torch.device = "cpu") -> np.ndarray:
+                  device: str | torch.device | None = None) -> np.ndarray:
     """Softmax probabilities (N, C) of ``model`` on (H, W, 3) uint8 RGB images, un-augmented,
-    resized to ``config.image_size`` and normalised exactly as in training."""
-    device = torch.device(device)
+    resized to ``config.image_size`` and normalised exactly as in training; on ``device``,
+    by default the one the model's weights are on."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     tensors = [torch.from_numpy(np.ascontiguousarray(np.asarray(image, dtype=np.uint8))).permute(2, 0, 1).contiguous()
                for image in images]
     if not tensors:

@@ -169,11 +169,9 @@ def test_unknown_backbone_is_a_config_error():
         CropNet(num_classes=3, backbone="no_such_net")
 
 
-def test_imagenet_weights_offline_is_one_clear_error(monkeypatch):
-    """timm's own pretrained loading; offline (this machine, and HF_HUB_OFFLINE) the error says
-    so in one line and names the two ways out. No test needs the network."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", "/nonexistent-mer-test-cache")  # no cached copy either
+def test_imagenet_weights_offline_is_one_clear_error(offline_hub):
+    """timm's own pretrained loading; offline without a cached copy the error says so in one
+    line and names the two ways out. No test needs the network."""
     with pytest.raises(ConfigError) as caught:
         CropNet(num_classes=5, image_size=64, pretrained_weights="imagenet")
     message = str(caught.value)

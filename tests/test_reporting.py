@@ -448,6 +448,21 @@ def test_a_notebook_run_shows_warnings_in_one_line(tmp_path, monkeypatch):
     assert shown == "warning: metrics are partial: 1 of 26 folds complete\n"
 
 
+def test_imagenet_weights_that_cannot_be_had_are_one_line_before_any_notebook(tmp_path, monkeypatch, offline_hub):
+    """The full-gpu profile starts from ImageNet: offline without a cached copy, mer reproduce
+    says so before notebook 01 runs, not in every fold of notebooks 04 to 08."""
+    ran = []
+    monkeypatch.setattr(reproduce, "run_notebooks", lambda *a, **k: ran.append(k["profile"]) or {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # profile full-gpu without a GPU
+        for profile, overrides in (("full-gpu", None), ("synthetic-cpu", {"pretrained_weights": "ImageNet"})):
+            with pytest.raises(ConfigError, match=r"ImageNet weights for rexnet_100 .*local weights file"):
+                reproduce.reproduce(data_root=tmp_path, profile=profile, runs_dir=tmp_path / "runs",
+                                    reports_dir=tmp_path / "r", overrides=overrides)
+    assert ran == [] and not (tmp_path / "runs").exists()
+    reproduce.check_weights("full-gpu", {"pretrained_weights": "none"})  # from scratch: nothing to check
+
+
 def test_nbconvert_without_its_templates_is_one_line_before_any_notebook(tmp_path, monkeypatch):
     import nbconvert
 

@@ -555,6 +555,17 @@ def test_unknown_backbone_and_a_foreign_config_json_are_refused_before_any_fold(
         assert (folder / "config.json").read_text() == text
 
 
+def test_imagenet_weights_that_cannot_be_had_stop_the_run_before_any_preprocessing(data_root, tmp_path, offline_hub):
+    """Offline and without a cached copy: one line before the images are computed and before
+    any fold, rather than the same error in every fold. No test needs the network."""
+    cache = tmp_path / "cache"
+    config = ExperimentConfig(root=str(data_root), protocol="casme2-5class", pretrained_weights="imagenet",
+                              cache_dir=str(cache))
+    with pytest.raises(ConfigError, match=r"ImageNet weights for rexnet_100 .*'none' to train from scratch"):
+        run_experiment(config, tmp_path / "imagenet", folds=[0], use_papermill=False, progress=False)
+    assert not cache.exists() and not (tmp_path / "imagenet").exists()
+
+
 def test_an_unreachable_scheduler_is_named_before_any_work(data_root, tmp_path, monkeypatch):
     """It was found after the preprocessing, with the experiment folder already claimed."""
     from mer_utils import runs

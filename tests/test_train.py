@@ -300,3 +300,33 @@ def test_an_ensemble_averages_networks_trained_as_single_runs_with_consecutive_s
 def test_an_ensemble_needs_a_whole_number_of_networks(bad):
     with pytest.raises(ConfigError, match="ensemble must be a whole number >= 1"):
         TrainConfig(ensemble=bad)
+
+
+def test_a_daemonic_process_trains_without_loader_processes_and_says_so(monkeypatch):
+    """A ``dask worker`` is daemonic unless told otherwise, and a daemonic process may not
+    start DataLoader processes (CUDA's default is 6): the fold augments in its own process."""
+    import types
+
+    from mer_utils import train as train_module
+
+    config = TrainConfig(num_workers=None)
+    assert config.loader_workers(torch.device("cuda")) == train_module.CUDA_LOADER_WORKERS
+    monkeypatch.setattr(train_module.multiprocessing, "current_process", lambda: types.SimpleNamespace(daemon=True))
+    with pytest.warns(UserWarning, match=r"daemonic and may not start the 6 DataLoader processes .*"
+                                         r"DASK_DISTRIBUTED__WORKER__DAEMON=False"):
+        assert config.loader_workers(torch.device("cuda")) == 0
+    assert config.loader_workers(torch.device("cpu")) == 0  # none asked for: nothing to say
+
+
+def test_bfloat16_only_where_the_gpu_computes_it_natively(monkeypatch):
+    """V100 and T4 only emulate bfloat16 (torch's is_bf16_supported says True for them by
+    default): they train in float16 with a gradient scaler, as README says."""
+    import contextlib
+
+    from mer_utils import train as train_module
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: asked.append(including_emulation) or including_emulation)
+    assert train_module._native_bf16(torch.device("cuda:1")) is False and asked == [False]

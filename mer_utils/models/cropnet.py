@@ -65,6 +65,20 @@ def create_backbone(name: str, imagenet: bool = False) -> nn.Module:
         raise _imagenet_error(name, unreachable or err) from None
 
 
+def check_imagenet_weights(name: str) -> None:
+    """ConfigError in one line when timm's ImageNet weights of backbone ``name`` can be had
+    neither from the Hub nor from its cache (:func:`create_backbone`'s message, naming the two
+    ways out). Downloads them once when online, as a fold would. The runner and ``mer
+    reproduce`` ask this before any preprocessing or fold, so an offline run stops at once
+    rather than failing in every fold. Asked once per process and backbone."""
+    if name not in _IMAGENET_CHECKED:
+        create_backbone(name, imagenet=True)
+        _IMAGENET_CHECKED.add(name)
+
+
+_IMAGENET_CHECKED: set[str] = set()
+
+
 def check_backbone(name: str) -> str:
     """``name`` when timm knows the model; else ConfigError naming it and timm's closest names
     (checked when a configuration resolves, before an experiment folder is claimed)."""
