@@ -61,7 +61,7 @@ def two_fold_run(tiny, tmp_path_factory):
     """Folds 0 and 1 through a real LocalCluster of two worker processes, in-process folds."""
     out = tmp_path_factory.mktemp("runs") / "ars"
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "partial: 2 of 6 folds"
+        warnings.filterwarnings("ignore", ".*metrics are partial", UserWarning)  # "partial: 2 of 6 folds"
         result = run_experiment(tiny, out, workers=2, folds=[0, 1], use_papermill=False, progress=False)
     return result
 
@@ -77,7 +77,7 @@ def done_times(out: Path) -> dict[str, int]:
 def rerun(config, out, scheduler, **kwargs):
     """Folds 0 and 1 again, in-process folds on ``scheduler`` (partial-metrics warning muted)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", ".*metrics are partial", UserWarning)
         return run_experiment(config, out, scheduler=scheduler, folds=[0, 1], use_papermill=False,
                               progress=False, **kwargs)
 
@@ -170,6 +170,12 @@ def test_local_cluster_runs_two_folds_and_scores_them(two_fold_run, data_root):
     assert done["channels_last"] is True
     assert set(done["seconds"]) == {"load", "epochs", "recalibrate", "predict"} and len(done["seconds"]["epochs"]) == 1
     assert sum(done["seconds"]["epochs"]) + done["seconds"]["load"] <= done["wall_time_s"]
+    # losses.csv, which the notebooks' loss figures draw: the mean over the folds of each epoch's loss
+    folds = [json.loads((out / name / FOLD_FILE).read_text())["epoch_losses"] for name in ("fold_00_sub01", "fold_01_sub02")]
+    losses = pd.read_csv(out / "losses.csv")
+    assert list(losses.columns) == ["epoch", "mean_loss"] and list(losses["epoch"]) == [1]
+    assert losses["mean_loss"].tolist() == pytest.approx([(folds[0][0] + folds[1][0]) / 2], abs=1e-6)
+    assert result.epoch_losses == pytest.approx(losses["mean_loss"].tolist(), abs=1e-6)
 
 
 def test_a_local_cluster_runs_one_fold_at_a_time_on_a_cuda_machine(monkeypatch):
@@ -197,7 +203,9 @@ def test_deleted_predictions_rerun_only_that_fold(two_fold_run, tiny, tmp_path, 
     out = copy_experiment(two_fold_run, tmp_path)
     before = done_times(out)
     (out / "fold_01_sub02" / PREDICTIONS_FILE).unlink()
-    result = rerun(tiny, out, scheduler)
+    with pytest.warns(UserWarning, match=r"fold 1 \(sub02\) is stale: its results are incomplete or unreadable "
+                                         r"\(.*predictions.csv: predictions file not found\); running it again"):
+        result = rerun(tiny, out, scheduler)
     after = done_times(out)
     assert result.trained_folds == 1 and result.failures == {}
     assert after["fold_00_sub01"] == before["fold_00_sub01"]
@@ -212,7 +220,8 @@ def test_truncated_predictions_rerun_that_fold(two_fold_run, tiny, tmp_path, sch
     before = done_times(out)
     predictions = out / "fold_00_sub01" / PREDICTIONS_FILE
     predictions.write_bytes(predictions.read_bytes()[: predictions.stat().st_size // 2])
-    result = rerun(tiny, out, scheduler)
+    with pytest.warns(UserWarning, match=r"fold 0 \(sub01\) is stale: its results are incomplete or unreadable"):
+        result = rerun(tiny, out, scheduler)
     assert result.trained_folds == 1
     assert done_times(out)["fold_00_sub01"] != before["fold_00_sub01"]
     assert done_times(out)["fold_01_sub02"] == before["fold_01_sub02"]
@@ -224,7 +233,8 @@ def test_a_damaged_fold_record_reruns_that_fold(two_fold_run, tiny, tmp_path, sc
     out = copy_experiment(two_fold_run, tmp_path)
     before = done_times(out)
     (out / "fold_00_sub01" / FOLD_FILE).write_text("{")
-    result = rerun(tiny, out, scheduler)
+    with pytest.warns(UserWarning, match=r"fold 0 \(sub01\) is stale: .*fold record .*fold.json is unreadable"):
+        result = rerun(tiny, out, scheduler)
     assert result.trained_folds == 1 and done_times(out)["fold_01_sub02"] == before["fold_01_sub02"]
     assert json.loads((out / "fold_00_sub01" / FOLD_FILE).read_text())["epoch_losses"]
 
@@ -283,7 +293,7 @@ def test_other_configuration_in_the_same_folder_is_refused(two_fold_run, tiny, t
 def test_papermill_runs_the_notebook_for_one_fold(tiny, tmp_path, scheduler):
     assert NOTEBOOK_PATH.is_file()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", ".*metrics are partial", UserWarning)
         result = run_experiment(tiny, tmp_path / "pm", scheduler=scheduler, folds=[2], progress=False)
     fold = result.fold_dirs[2]
     assert result.failures == {} and result.trained_folds == 1 and fold.name == "fold_02_sub03"
@@ -306,7 +316,7 @@ def test_papermill_runs_the_notebook_for_one_fold(tiny, tmp_path, scheduler):
 def test_lbptop_baseline_on_two_folds(data_root, tmp_path, scheduler):
     config = ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", ".*metrics are partial", UserWarning)
         result = run_experiment(config, tmp_path / "lbptop", scheduler=scheduler, folds=[0, 1],
                                 use_papermill=False, progress=False)
     assert result.failures == {} and result.trained_folds == 2
@@ -324,7 +334,7 @@ def test_the_runner_writes_a_progress_line_per_finished_fold_where_asked(data_ro
     monkeypatch.setenv(PROGRESS_ENV, str(progress))
     config = ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", ".*metrics are partial", UserWarning)
         run_experiment(config, tmp_path / "lbptop", scheduler=scheduler, folds=[0, 2], use_papermill=False,
                        progress=False)
     lines = progress.read_text().splitlines()
@@ -347,7 +357,7 @@ def test_the_bar_counts_every_folds_epochs_as_they_train(tiny, tmp_path, schedul
     monkeypatch.setattr(runs, "_write_json_atomic", spy)
     monkeypatch.setattr(runs, "PROGRESS_POLL_S", 0.05)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "partial: 2 of 6 folds"
+        warnings.filterwarnings("ignore", ".*metrics are partial", UserWarning)  # "partial: 2 of 6 folds"
         result = run_experiment(tiny.replace(epochs=2), tmp_path / "bar", scheduler=scheduler, folds=[0, 1],
                                 use_papermill=False, progress=True)
     assert sorted(written) == [("fold_00_sub01", 1, 2), ("fold_00_sub01", 2, 2),
@@ -366,7 +376,7 @@ def test_progress_lines_name_the_running_folds_epochs_after_a_quiet_spell(tiny, 
     monkeypatch.setattr(runs, "PROGRESS_LINE_S", 0.0)
     monkeypatch.setattr(runs, "_epochs_done", lambda fold_dir: 1)  # every running fold is in its first epoch
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", ".*metrics are partial", UserWarning)
         run_experiment(tiny.replace(epochs=3), tmp_path / "lines", scheduler=scheduler, folds=[0, 1],
                        use_papermill=False, progress=False)
     lines = progress.read_text().splitlines()
@@ -576,6 +586,11 @@ def test_an_unreachable_scheduler_is_named_before_any_work(data_root, tmp_path, 
                                           r"there, or leave the scheduler out for a local cluster$"):
         run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop"), out,
                        scheduler="tcp://127.0.0.1:1", folds=[0], use_papermill=False, progress=False)
+    assert not out.exists()
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:2")  # README: the same as --scheduler
+    with pytest.raises(ConfigError, match=r"^Dask scheduler tcp://127\.0\.0\.1:2 cannot be reached"):
+        run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop"), out,
+                       folds=[0], use_papermill=False, progress=False)
     assert not out.exists()
 
 

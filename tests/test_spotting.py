@@ -82,6 +82,10 @@ def test_protocol_apex_modes(tiny_root):
     for sample in casme:
         assert by_key[sample.key].apex_inferred and by_key[sample.key].extra["annotated_apex"] == sample.apex
         assert sample.onset < by_key[sample.key].apex < sample.offset
+    # the spotted apex is the spotter's, not the middle frame: as close to the annotation as spot_sample_apex
+    spotted_error = np.mean([abs(by_key[s.key].apex - s.apex) for s in casme])
+    middle_error = np.mean([abs(infer_apex(s.onset, s.offset) - s.apex) for s in casme])
+    assert spotted_error < middle_error and spotted_error <= 1.0
     with pytest.raises(DatasetError, match="apex 'guess' is not one of annotated, middle, spotted"):
         load_samples(tiny_root, "casme2-5class", apex="guess")
 
@@ -93,3 +97,7 @@ def test_data_command_lists_spotted_apexes(tiny_root, capsys):
     assert records and all(r["apex_inferred"] and r["apex_source"] == "spotted" for r in records)
     assert all(r["onset"] <= r["apex"] <= r["offset"] for r in records)
     assert any(r["annotated_apex"] is not None for r in records)
+    annotated = [r for r in records if r["annotated_apex"] is not None]
+    spotted_error = np.mean([abs(r["apex"] - r["annotated_apex"]) for r in annotated])
+    middle_error = np.mean([abs(infer_apex(r["onset"], r["offset"]) - r["annotated_apex"]) for r in annotated])
+    assert spotted_error < middle_error  # the spotter's frames, not the middle ones
