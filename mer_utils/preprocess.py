@@ -180,7 +180,9 @@ def tvl1_flow_image(start: np.ndarray, keys: Sequence[np.ndarray], *, name: str 
     ``flow_to_image`` (Table 4 baseline, docs/method.md 1.6)."""
     _check_crops(start, keys, name)
     if not hasattr(cv2, "optflow"):
-        raise PreprocessError("TV-L1 needs opencv-contrib-python-headless (cv2.optflow is missing)")
+        raise PreprocessError("TV-L1 needs OpenCV's contrib build (cv2.optflow is missing): another OpenCV package "
+                              "(opencv-python) installed beside opencv-contrib-python-headless hides it; "
+                              "pip uninstall it, then reinstall opencv-contrib-python-headless")
     flow = cv2.optflow.DualTVL1OpticalFlow_create().calc(_grey(start), _grey(keys[-1]), None)
     return flow_to_image(flow)
 

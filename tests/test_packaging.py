@@ -3,6 +3,8 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,3 +28,26 @@ def test_official_megc_list_ships_with_the_package():
     path = Path(mer_utils.__file__).parent / "resources" / "megc2019_composite.csv"
     rows = [line for line in path.read_text().splitlines()[1:] if line.strip()]
     assert len(rows) == 442
+
+
+def test_make_picks_the_profile_and_folders_readme_promises():
+    """README: `make reproduce DATA_ROOT=...` takes the full-gpu profile, PROFILE= overrides it,
+    and `make demo SEED=N` generates and reports into folders of its own (a dry run, `make -n`)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.fail("make is not installed: README's commands need it")
+
+    def planned(*args: str) -> str:
+        result = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+        return [line.strip() for line in result.stdout.splitlines() if " reproduce " in line][-1]
+
+    assert planned("reproduce", "DATA_ROOT=/data/mer").endswith(
+        "reproduce --data-root /data/mer --profile full-gpu --runs-dir papermill_runs --reports-dir reports")
+    assert "--profile synthetic-cpu" in planned("reproduce", "DATA_ROOT=/data/mer", "PROFILE=synthetic-cpu")
+    assert planned("demo").endswith(
+        "reproduce --data-root data/synthetic --profile synthetic-cpu --runs-dir papermill_runs --reports-dir reports")
+    assert planned("demo", "SEED=3").endswith("reproduce --data-root data/synthetic-seed3 --profile synthetic-cpu "
+                                              "--runs-dir papermill_runs/seed3 --reports-dir reports/seed3")
+    assert "-p ensemble 2" in planned("demo", "PARAMS=-p ensemble 2")

@@ -15,8 +15,8 @@ from mer_utils.config import ExperimentConfig
 from mer_utils.data import load_samples
 from mer_utils.errors import ConfigError, DatasetError, PreprocessError
 from mer_utils.evaluate import metrics_from_file
-from mer_utils.inference import (CARD_FILE, WEIGHTS_FILE, load_model, predict_clip, predict_protocol, read_clip,
-                                 tile_influence, train_protocol, write_video)
+from mer_utils.inference import (CARD_FILE, CARD_FORMAT, WEIGHTS_FILE, load_model, predict_clip, predict_protocol,
+                                 read_clip, tile_influence, train_protocol, write_video)
 from mer_utils.synth import make_synthetic
 
 pytestmark = pytest.mark.slow
@@ -300,6 +300,25 @@ def test_bad_model_folders_are_refused(setup, tmp_path, capsys):
     card["classes"][1] = card["classes"][0]
     (twice / CARD_FILE).write_text(json.dumps(card))
     assert "(at least two distinct names)" in error_line(capsys, ["predict", "--model", str(twice), "--clip", clip])
+    # weights changed after the card was written: one flipped byte
+    changed = tmp_path / "changed"
+    shutil.copytree(model_dir, changed)
+    data = bytearray((changed / WEIGHTS_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (changed / WEIGHTS_FILE).write_bytes(bytes(data))
+    assert error_line(capsys, ["predict", "--model", str(changed), "--clip", clip]) == (
+        f"error: {changed / WEIGHTS_FILE} does not match the checksum in {CARD_FILE} (changed or truncated)")
+    # a card that is not this kit's, one that is not JSON, and no folder at all
+    foreign = tmp_path / "foreign"
+    shutil.copytree(model_dir, foreign)
+    (foreign / CARD_FILE).write_text(json.dumps({"model": "resnet"}))
+    assert error_line(capsys, ["predict", "--model", str(foreign), "--clip", clip]) == (
+        f'error: {foreign / CARD_FILE} is not a mer-residual model card (no "format": "{CARD_FORMAT}")')
+    (foreign / CARD_FILE).write_text("{")
+    assert error_line(capsys, ["predict", "--model", str(foreign), "--clip", clip]).startswith(
+        f"error: {foreign / CARD_FILE} is not readable JSON: ")
+    assert error_line(capsys, ["predict", "--model", str(tmp_path / "none"), "--clip", clip]) == (
+        f"error: model folder {tmp_path / 'none'} does not exist (write one with `mer train ... --out {tmp_path / 'none'}`)")
 
 
 def test_read_clip_errors(tmp_path):

@@ -471,3 +471,16 @@ def test_every_clip_failing_does_not_claim_images_were_written(tmp_path):
     with pytest.raises(PreprocessError, match=r"1 of 1 clips failed \(casme2/sub01/EP_all_bad\); no image was written"):
         preprocess_samples([bad], "ars", cache_dir=tmp_path / "cache", face_crop="none", size=64, workers=1,
                            progress=False)
+
+
+def test_tvl1_without_opencvs_contrib_build_says_what_to_install(monkeypatch):
+    """docs/method.md: another OpenCV package installed beside the contrib build hides cv2.optflow."""
+    import cv2
+
+    from mer_utils.preprocess import tvl1_flow_image
+
+    monkeypatch.delattr(cv2, "optflow")
+    frame = np.zeros((16, 16, 3), dtype=np.uint8)
+    with pytest.raises(PreprocessError, match=r"^TV-L1 needs OpenCV's contrib build \(cv2.optflow is missing\): "
+                                              r".*reinstall opencv-contrib-python-headless$"):
+        tvl1_flow_image(frame, [frame, frame])

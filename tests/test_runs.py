@@ -594,6 +594,31 @@ def test_an_unreachable_scheduler_is_named_before_any_work(data_root, tmp_path, 
     assert not out.exists()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="the lock is flock, which Windows lacks (nothing is locked there)")
+def test_a_killed_runs_lock_is_released_with_its_process(tmp_path):
+    """README: the lock is released when its process ends, killed or not: a run killed with
+    SIGKILL (no clean-up of its own) does not keep the folder from the next run."""
+    import signal
+    import subprocess
+    import sys
+
+    from mer_utils.runs import _lock_experiment_dir
+
+    out = tmp_path / "exp"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from mer_utils.runs import _lock_experiment_dir; "
+                               f"held = _lock_experiment_dir(Path({str(out)!r})); print('held', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match="is in use by another run of this experiment"):
+            _lock_experiment_dir(out)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    _lock_experiment_dir(out).close()  # taken at once: the killed process's lock went with it
+
+
 def test_a_second_run_of_the_same_folder_at_once_is_refused_and_a_failed_start_leaves_nothing(tiny, tmp_path, scheduler):
     """Two runs of one experiment folder at the same time would train every fold twice and
     could score each other's half-written folds: the second is refused in one line while the

@@ -320,10 +320,15 @@ def test_an_interrupted_run_leaves_no_complete_looking_folder(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["SMIC"]
 
 
-@pytest.mark.parametrize("bad", [dict(datasets=("casme3",)), dict(amplitude=-1.0), dict(noise=float("nan")),
-                                 dict(workers=0), dict(subjects=0), dict(seed=-1)])
-def test_bad_arguments_raise_config_error(tmp_path, bad):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("bad, message", [
+    (dict(datasets=("casme3",)), r"datasets \['casme3'\]: expected a non-empty subset of casme2, samm, smic"),
+    (dict(amplitude=-1.0), r"amplitude must be a finite number >= 0, got -1.0"),
+    (dict(noise=float("nan")), r"noise must be a finite number >= 0, got nan"),
+    (dict(workers=0), r"workers must be a positive whole number, got 0"),
+    (dict(subjects=0), r"subjects must be a positive whole number or None, got 0"),
+    (dict(seed=-1), r"seed must be a whole number >= 0, got -1")])
+def test_bad_arguments_raise_config_error(tmp_path, bad, message):
+    with pytest.raises(ConfigError, match=f"^{message}$"):
         make_synthetic(tmp_path, progress=False, **bad)
     assert list(tmp_path.iterdir()) == []
 
@@ -375,4 +380,7 @@ def test_synth_cli_makes_a_small_custom_set(tmp_path):
     per_subject = {}
     for sample in samples:
         per_subject[sample.subject_id] = per_subject.get(sample.subject_id, 0) + 1
-    assert len(per_subject) <= 9 and max(per_subject.values()) <= 4
+    assert len(per_subject) == 9 and max(per_subject.values()) <= 4  # 3 subjects in each dataset, <= 4 clips each
+    assert sorted({(s.dataset, s.subject_id) for s in samples}) == [
+        ("casme2", f"casme2/sub0{k}") for k in (1, 2, 3)] + [("samm", f"samm/00{k}") for k in (6, 7, 9)] + [
+        ("smic", f"smic/s{k}") for k in (1, 2, 3)]
