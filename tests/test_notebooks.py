@@ -310,11 +310,10 @@ def test_executed_notebooks_render_to_an_index(runs, tmp_path):
     base, outcome = runs
     index = reproduce.render_reports(base / "runs", tmp_path / "reports")
     html = index.read_text()
-    for name in NOTEBOOKS:
-        if outcome[name]["error"] is None:
-            line = next(row for row in html.splitlines() if f'href="{name}.html"' in row)
-            assert "synthetic data" in line and ">ok<" in line
-            assert "synthetic data" in (tmp_path / "reports" / f"{name}.html").read_text()
+    for name in NOTEBOOKS:  # every one ran (the runs fixture asserts it)
+        line = next(row for row in html.splitlines() if f'href="{name}.html"' in row)
+        assert "synthetic data" in line and ">ok<" in line
+        assert "synthetic data" in (tmp_path / "reports" / f"{name}.html").read_text()
 
 
 def test_a_kit_error_is_one_line_in_the_executed_notebook(tmp_path):
