@@ -7,6 +7,7 @@ import shutil
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 import mer_utils
@@ -17,6 +18,7 @@ from mer_utils.errors import ConfigError, DatasetError, PreprocessError
 from mer_utils.evaluate import metrics_from_file
 from mer_utils.inference import (CARD_FILE, CARD_FORMAT, WEIGHTS_FILE, load_model, predict_clip, predict_protocol,
                                  read_clip, tile_influence, train_protocol, write_video)
+from mer_utils.spotting import with_apex
 from mer_utils.synth import make_synthetic
 
 pytestmark = pytest.mark.slow
@@ -92,6 +94,15 @@ def test_cli_train_then_predict_json_and_a_data_root(setup, tmp_path, capsys):
     assert main(["predict", "--model", str(model_dir), "--root", str(base / "unseen"),
                  "--protocol", "casme2-5class", "--out", str(out)]) == 0
     assert metrics_from_file(out)["n"] == len(unseen)
+    # the apex: the model card's setting (annotated, as trained) unless --apex-mode says otherwise
+    table = pd.read_csv(out)
+    assert dict(zip(table["clip"], table["apex"])) == {s.clip: s.apex for s in unseen}
+    middle = tmp_path / "middle.csv"
+    assert main(["predict", "--model", str(model_dir), "--root", str(base / "unseen"), "--protocol", "casme2-5class",
+                 "--apex-mode", "middle", "--out", str(middle)]) == 0
+    expected = {s.clip: s.apex for s in with_apex(unseen, "middle")}
+    assert dict(zip(pd.read_csv(middle)["clip"], pd.read_csv(middle)["apex"])) == expected != {
+        s.clip: s.apex for s in unseen}
     assert main(["metrics", str(out)]) == 0
     capsys.readouterr()
     again = ["predict", "--model", str(model_dir), "--root", str(base / "unseen"), "--protocol", "casme2-5class",
