@@ -133,7 +133,11 @@ def _lock_experiment_dir(out_dir: Path):
     and so does the process's end, killed or not). A second run of the same folder at the
     same time (another ``mer loso``, notebook or script) would train every fold twice and
     could score the other's half-written folds: it is refused in one line instead. Where
-    ``fcntl`` does not exist (Windows) nothing is locked."""
+    ``fcntl`` does not exist (Windows) nothing is locked.
+
+    The lock file holds this run's token while it runs (:func:`_end_run` empties it): a fold
+    still running on a Dask cluster after its run ended (Ctrl-C, a lost scheduler) sees the
+    token change at its next epoch and stops without writing (:func:`run_fold`)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"experiment folder {out_dir} is a file, not a folder: use another folder")
     try:
@@ -151,7 +155,42 @@ def _lock_experiment_dir(out_dir: Path):
         handle.close()
         raise ConfigError(f"{out_dir} is in use by another run of this experiment (another mer loso, notebook or "
                           "script): wait for it to finish; its finished folds are then reused") from None
+    _write_token(handle, f"{os.getpid()}-{time.time_ns()}")
     return handle
+
+
+def _write_token(handle, token: str) -> None:
+    with contextlib.suppress(OSError):  # a courtesy to folds left running; never stops a run
+        handle.truncate(0)
+        handle.write(token)
+        handle.flush()
+
+
+def _end_run(handle) -> None:
+    """Empty the run's token and release the folder's lock."""
+    _write_token(handle, "")
+    handle.close()
+
+
+def _run_token(experiment_dir: Path) -> str | None:
+    """The token of the run that holds ``experiment_dir`` now ("" once it ended), or None
+    where the folder has no lock file (a fold run outside the runner)."""
+    try:
+        return (experiment_dir / LOCK_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+
+
+class RunEnded(MerError):
+    """The run that started a fold ended while the fold still ran (on a Dask cluster)."""
+
+
+def _check_run(fold_dir: Path, token: str | None) -> None:
+    """RunEnded when the run that started this fold (``token``, read when it started) has
+    ended or another run holds its folder now: the fold's results would belong to no run."""
+    if token and _run_token(fold_dir.parent) != token:
+        raise RunEnded(f"{fold_dir}: the run that started this fold has ended (interrupted, or its Dask scheduler "
+                       "was lost): the fold stops without writing results; run the experiment again")
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -201,6 +240,7 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
     (fold_dir / DONE_FILE).unlink(missing_ok=True)
     progress_file = fold_dir / PROGRESS_FILE
     progress_file.unlink(missing_ok=True)
+    token = _run_token(fold_dir.parent)  # the run that started this fold, if the runner did
     samples = load_samples(config.root, config.protocol, megc_list=config.megc_list)
     subject = fold_subject(leave_one_subject_out(samples), fold, config)
     test = [s for s in samples if s.subject_id == subject]
@@ -223,6 +263,7 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
         total = config.epochs * config.ensemble
 
         def on_epoch(done: int, loss: float) -> None:  # read by the runner's bar (_epochs_done)
+            _check_run(fold_dir, token)
             with contextlib.suppress(OSError):  # progress is a courtesy: it never stops a fold
                 _write_json_atomic(progress_file, {"epochs_done": done, "epochs": total, "loss": round(loss, 6)})
 
@@ -335,20 +376,23 @@ def fold_notebook_parameters(config: ExperimentConfig, fold: int, fold_dir: Path
     return params
 
 
-def _fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: bool, torch_threads: int,
+def _fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: bool, host_workers: int,
                inputs: str | None = None) -> dict:
     """Run one fold (notebook or in-process), then write ``done.json``; errors come back as text.
+    Its torch threads are :func:`fold_threads` of ``host_workers`` (the workers sharing a
+    machine), counted here, on the worker's machine, with its cores and ``$OMP_NUM_THREADS``.
     The fold loads the experiment's samples again: the DataWarnings that load gives, the
     experiment has already shown once (``run_experiment``), so a worker does not repeat them."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
-        return _run_fold_task(config_values, fold, fold_dir, use_papermill, torch_threads, inputs)
+        return _run_fold_task(config_values, fold, fold_dir, use_papermill, fold_threads(host_workers), inputs)
 
 
 def _run_fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: bool, torch_threads: int,
                    inputs: str | None = None) -> dict:
     config = ExperimentConfig.from_dict(config_values)
     fold_dir = Path(fold_dir)
+    token = _run_token(fold_dir.parent)
     for stale in (DONE_FILE, FOLD_FILE, PROGRESS_FILE):
         (fold_dir / stale).unlink(missing_ok=True)
     try:
@@ -374,7 +418,10 @@ def _run_fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill:
     if inputs is not None and isinstance(record.get("fingerprint"), dict):  # the frames' content, from the runner
         record["fingerprint"] = {**record["fingerprint"], "inputs": inputs}
     try:
+        _check_run(fold_dir, token)  # a fold whose run has ended is not marked done
         _write_json_atomic(fold_dir / DONE_FILE, record)
+    except RunEnded as err:
+        return {"fold": fold, "error": f"RunEnded: {err}"}
     except OSError as err:  # a full disk, say: this fold failed, by name, like any other failure
         return {"fold": fold, "error": f"cannot write {fold_dir / DONE_FILE} ({err.strerror or err})"}
     return {"fold": fold, "error": None, "record": record}
@@ -441,7 +488,7 @@ def _close_kept_clusters() -> None:
 
 
 def _open_client(scheduler: str | None, workers: int | None, n_folds: int):
-    """(client, owned, torch threads per fold); the caller closes the client when ``owned``.
+    """(client, owned, workers per machine); the caller closes the client when ``owned``.
 
     A local cluster is started once per process and number of workers and kept for the next
     experiments (a notebook runs many: no new worker processes, no new torch import each time);
@@ -452,13 +499,16 @@ def _open_client(scheduler: str | None, workers: int | None, n_folds: int):
     from distributed import Client, LocalCluster
 
     if scheduler:  # run_experiment has already taken $DASK_SCHEDULER_ADDRESS into account
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S)
+        except Exception as err:  # it answered check_scheduler, then went away during the preprocessing
+            raise ConfigError(f"Dask scheduler {scheduler} no longer answers ({' '.join(str(err).split())})") from None
         hosts = [w.get("host") for w in client.scheduler_info().get("workers", {}).values()]
-        return client, True, fold_threads(max((hosts.count(h) for h in set(hosts)), default=1))
+        return client, True, max((hosts.count(h) for h in set(hosts)), default=1)
     n_workers = workers or default_local_workers(n_folds)
     kept = _KEPT_CLUSTERS.get(n_workers)
     if kept is not None and kept[1].status == "running" and len(kept[1].scheduler_info().get("workers", {})):
-        return kept[1], False, fold_threads(n_workers)
+        return kept[1], False, n_workers
     # Not daemonic (a fold may start processes: a notebook kernel, DataLoader workers), and
     # without Dask's default MALLOC_TRIM_THRESHOLD_=65536 for worker processes, which made a CropNet fold about
     # twice as slow here (glibc returns freed memory to the OS after every torch allocation).
@@ -472,21 +522,25 @@ def _open_client(scheduler: str | None, workers: int | None, n_folds: int):
     if not _KEPT_CLUSTERS:
         atexit.register(_close_kept_clusters)
     _KEPT_CLUSTERS[n_workers] = (cluster, client)
-    return client, False, fold_threads(n_workers)
+    return client, False, n_workers
 
 
 SCHEDULER_TIMEOUT_S = 10  # how long a given Dask scheduler gets to answer before any work
 
 
-def check_scheduler(address: str) -> None:
+def check_scheduler(address: str, from_environment: bool = False) -> None:
     """ConfigError in one line when the Dask scheduler at ``address`` does not answer within
-    SCHEDULER_TIMEOUT_S, before an experiment claims a folder or preprocesses anything."""
+    SCHEDULER_TIMEOUT_S, before an experiment claims a folder or preprocesses anything;
+    ``from_environment``: the address came from ``$DASK_SCHEDULER_ADDRESS``, which it names."""
     from distributed import Client
 
     try:
         Client(address, timeout=SCHEDULER_TIMEOUT_S).close()
     except Exception as err:  # OSError, TimeoutError, ValueError for a malformed address
         reason = " ".join(str(err).split()) or type(err).__name__
+        if from_environment:
+            raise ConfigError(f"Dask scheduler {address} (from $DASK_SCHEDULER_ADDRESS) cannot be reached ({reason}): "
+                              "start it there, or unset DASK_SCHEDULER_ADDRESS for a local cluster") from None
         raise ConfigError(f"Dask scheduler {address} cannot be reached ({reason}): start it there, or leave the "
                           "scheduler out for a local cluster") from None
 
@@ -502,14 +556,43 @@ def _report_progress(line: str) -> None:
             pass
 
 
-def _epochs_done(fold_dir: Path) -> int:
+def _epochs_done(fold_dir: Path, since: float = 0.0) -> int:
     """The epochs a running CropNet fold has trained so far (its ``PROGRESS_FILE``; 0 before
-    its first epoch, or where the fold runs on a machine that does not share this folder)."""
+    its first epoch, for a file written before ``since`` (a time.time(): a fold of an earlier
+    run), or where the fold runs on a machine that does not share this folder)."""
+    path = fold_dir / PROGRESS_FILE
     try:
-        done = json.loads((fold_dir / PROGRESS_FILE).read_text(encoding="utf-8")).get("epochs_done", 0)
+        if path.stat().st_mtime < since:
+            return 0
+        done = json.loads(path.read_text(encoding="utf-8")).get("epochs_done", 0)
     except (OSError, ValueError, AttributeError):  # not there yet, or being replaced
         return 0
     return done if isinstance(done, int) and not isinstance(done, bool) else 0
+
+
+NO_WORKER_WAIT_S = 30.0  # folds waiting this long with no worker to run them: say so, once
+
+
+def _idle_cluster(client, gpu: bool) -> str | None:
+    """Why no worker of ``client``'s cluster can run a fold now, or None."""
+    try:
+        workers = client.scheduler_info().get("workers", {}).values()
+    except Exception:  # the scheduler itself went away: the futures say so
+        return None
+    if not workers:
+        return "no Dask worker is connected to its scheduler"
+    if gpu and not any("GPU" in w.get("resources", {}) for w in workers):
+        return "no connected Dask worker offers the GPU resource its folds ask for"
+    return None
+
+
+def _fold_error(err: BaseException) -> str:
+    """A lost fold's error, in words where Dask's own are cryptic."""
+    text = f"{type(err).__name__}: {err}"
+    if "scheduler-connection-lost" in text:
+        return ("the Dask scheduler went away (its workers may still be running this fold, which stops at its next "
+                "epoch); " + text)
+    return text
 
 
 def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, use_papermill, progress,
@@ -519,49 +602,62 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
     pending folds (read from each running fold's ``PROGRESS_FILE``), so a long fold shows its
     progress and an estimate of the time left; LBP-TOP's counts folds. Where progress lines are
     asked for, a CropNet experiment also writes the running folds' epochs after ``PROGRESS_LINE_S``
-    without a line, while they change (a fold at the paper's settings on a CPU takes long)."""
+    without a line, while they change (a fold at the paper's settings on a CPU takes long). Folds
+    that wait ``NO_WORKER_WAIT_S`` with no worker to run them (a scheduler without workers, or
+    without a GPU worker for folds that ask for one) are named in one warning."""
     from distributed import as_completed
     from tqdm.auto import tqdm
 
-    client, owned, threads = _open_client(scheduler, workers, len(pending))
+    client, owned, host_workers = _open_client(scheduler, workers, len(pending))
     failures: dict[str, str] = {}
     per_fold = 1 if config.method == "lbptop" else config.epochs * config.ensemble
+    quiet = logging.getLogger("distributed.client")  # a lost scheduler: the kit's one line, not its tracebacks
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    futures: dict = {}
+    finished: set[int] = set()
     try:
-        gpu = any("GPU" in w.get("resources", {}) for w in client.scheduler_info().get("workers", {}).values())
+        cluster = client.scheduler_info().get("workers", {}).values()
+        gpu = config.method != "lbptop" and any("GPU" in w.get("resources", {}) for w in cluster)
+        if gpu and not all("GPU" in w.get("resources", {}) for w in cluster):
+            warnings.warn(f"{label}: the Dask cluster mixes workers with and without a GPU resource: the CropNet folds "
+                          "ask for a GPU, so only the workers that offer one run them", UserWarning, stacklevel=3)
+        for fold_dir in pending.values():
+            (fold_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a killed run's: not this run's epochs
+        submitted = time.time()
         futures = {
-            client.submit(_fold_task, config.to_dict(), fold, str(fold_dir), use_papermill, threads, inputs,
+            client.submit(_fold_task, config.to_dict(), fold, str(fold_dir), use_papermill, host_workers, inputs,
                           pure=False, key=f"loso-fold-{fold:02d}-{time.time_ns()}",
-                          resources={"GPU": 1} if gpu and config.method != "lbptop" else None): fold
+                          resources={"GPU": 1} if gpu else None): fold
             for fold, fold_dir in pending.items()
         }
-        finished: set[int] = set()
         lines = per_fold > 1 and bool(os.environ.get(PROGRESS_ENV))
-        watch = progress or lines  # poll the running folds' progress files
         last_line, last_epochs = time.monotonic(), {}
-        bar = tqdm(total=len(futures) * per_fold, desc=f"LOSO, {len(futures)} folds",
+        idle_since, idle_said = None, False
+        folds_text = f"{len(futures)} fold{'' if len(futures) == 1 else 's'}"
+        bar = tqdm(total=len(futures) * per_fold, desc=f"LOSO, {folds_text}",
                    unit="fold" if per_fold == 1 else "epoch", disable=not progress)
         with bar:
             remaining = as_completed(futures)
-            while len(finished) < len(futures):
-                for future in remaining.next_batch(block=not watch):  # nothing to show: wait for one
+            while True:
+                for future in remaining.next_batch(block=False):
                     fold = futures[future]
                     try:
                         error = future.result()["error"]
-                    except Exception as err:  # the worker died (KilledWorker) or the task was lost
-                        error = f"{type(err).__name__}: {err}"
+                    except Exception as err:  # the worker died (KilledWorker), the task or the scheduler was lost
+                        error = _fold_error(err)
                     if error:
                         failures[subjects[fold]] = error
                     finished.add(fold)
                     last_line = time.monotonic()  # a training line only after a minute without any line
                     _report_progress(f"{label}: {len(finished)} of {len(futures)} folds done "
                                      f"(fold {fold}, {subjects[fold]}{': FAILED' if error else ''})")
-                if not watch:
-                    continue
-                epochs = {} if per_fold == 1 else {fold: min(_epochs_done(pending[fold]), per_fold)
+                epochs = {} if per_fold == 1 else {fold: min(_epochs_done(pending[fold], submitted), per_fold)
                                                    for fold in pending if fold not in finished}
                 if progress:
                     bar.update(max(0, len(finished) * per_fold + sum(epochs.values()) - bar.n))
-                    bar.set_postfix_str(f"{len(finished)}/{len(futures)} folds done", refresh=False)
+                    failed = f", {len(failures)} failed" if failures else ""
+                    bar.set_postfix_str(f"{len(finished)}/{len(futures)} folds done{failed}", refresh=False)
                 if len(finished) == len(futures):
                     break
                 training = {fold: done for fold, done in epochs.items() if done}
@@ -569,8 +665,21 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
                     last_line, last_epochs = time.monotonic(), training
                     _report_progress(f"{label}: {len(finished)} of {len(futures)} folds done; training " + ", ".join(
                         f"fold {fold} epoch {done}/{per_fold}" for fold, done in sorted(training.items())))
+                reason = None if idle_said else _idle_cluster(client, gpu)
+                idle_since = (idle_since or time.monotonic()) if reason else None
+                if reason and time.monotonic() - idle_since >= NO_WORKER_WAIT_S:
+                    idle_said = True
+                    message = (f"{label}: {len(futures) - len(finished)} fold(s) waiting {NO_WORKER_WAIT_S:.0f} s: "
+                               f"{reason} ({scheduler or 'the local cluster'}); start one there, or Ctrl-C: "
+                               "finished folds are kept")
+                    warnings.warn(message, UserWarning, stacklevel=3)
+                    _report_progress(message)
                 time.sleep(PROGRESS_POLL_S)
     finally:
+        if len(finished) < len(futures):  # interrupted: the queued folds never start (running ones stop at
+            with contextlib.suppress(Exception):  # their next epoch, their run's token gone: _check_run)
+                client.cancel([f for f, fold in futures.items() if fold not in finished])
+        quiet.setLevel(level)
         if owned:
             client.close()
     return failures
@@ -605,9 +714,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
     out_dir = Path(out_dir).resolve()
     if workers is not None:  # 0, as in the notebooks, or None: the default
         workers = check_int("workers", workers, minimum=0, note="0 or None: one per fold up to the cores") or None
+    from_environment = not scheduler and bool(os.environ.get("DASK_SCHEDULER_ADDRESS"))
     scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     if scheduler:  # before any preprocessing or folder
-        check_scheduler(scheduler)
+        check_scheduler(scheduler, from_environment)
     if use_papermill is None:
         use_papermill = NOTEBOOK_PATH.is_file()
     elif use_papermill and not NOTEBOOK_PATH.is_file():
@@ -621,6 +731,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
     created_dir = not out_dir.exists()
     lock = _lock_experiment_dir(out_dir)  # one run at a time in a folder; released on exit, even killed
     claimed_now = not (out_dir / CONFIG_FILE).is_file()
+    in_flight = False  # folds sent to a cluster and not all back (an interrupt): some may finish later
     try:
         _claim_experiment_dir(config, out_dir)  # only once the inputs load
         fold_dirs = {i: out_dir / fold_dir_name(i, s) for i, s in enumerate(subjects)}
@@ -638,8 +749,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
 
                 check_imagenet_weights(config.backbone)
             prepare_inputs(config, samples, workers, progress)
+            in_flight = True
             failures = _run_folds(config, pending, subjects, scheduler, workers, use_papermill, progress,
                                   label=out_dir.name, inputs=inputs)
+            in_flight = False
 
         completed = [i for i in range(len(subjects)) if fold_is_complete(fold_dirs[i], tests[i], prints[i])]
         if not completed:
@@ -667,7 +780,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
         return ExperimentResult(config, out_dir, metrics, failures, fold_dirs,
                                 time.perf_counter() - started, len(pending), losses)
     except BaseException:
-        if claimed_now and not any(out_dir.glob(f"fold_*/{DONE_FILE}")):  # a failed start leaves no config.json
+        # a failed start leaves no config.json (unless folds may still finish on a cluster)
+        if claimed_now and not in_flight and not any(out_dir.glob(f"fold_*/{DONE_FILE}")):
             (out_dir / CONFIG_FILE).unlink(missing_ok=True)
             (out_dir / LOCK_FILE).unlink(missing_ok=True)  # nor a lock file in a folder that is not an experiment
             if created_dir:
@@ -675,7 +789,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
                     out_dir.rmdir()  # only if empty
         raise
     finally:
-        lock.close()
+        _end_run(lock)
 
 
 def mean_epoch_losses(fold_dirs: Sequence[Path]) -> list[float]:

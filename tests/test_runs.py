@@ -374,7 +374,7 @@ def test_progress_lines_name_the_running_folds_epochs_after_a_quiet_spell(tiny, 
     monkeypatch.setenv(PROGRESS_ENV, str(progress))
     monkeypatch.setattr(runs, "PROGRESS_POLL_S", 0.01)
     monkeypatch.setattr(runs, "PROGRESS_LINE_S", 0.0)
-    monkeypatch.setattr(runs, "_epochs_done", lambda fold_dir: 1)  # every running fold is in its first epoch
+    monkeypatch.setattr(runs, "_epochs_done", lambda fold_dir, since=0.0: 1)  # every running fold is in its first epoch
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*metrics are partial", UserWarning)
         run_experiment(tiny.replace(epochs=3), tmp_path / "lines", scheduler=scheduler, folds=[0, 1],
@@ -385,6 +385,87 @@ def test_progress_lines_name_the_running_folds_epochs_after_a_quiet_spell(tiny, 
     training = [line for line in lines if "; training" in line]
     assert training[0] == "lines: 0 of 2 folds done; training fold 0 epoch 1/3, fold 1 epoch 1/3"
     assert len(set(training)) == len(training)  # a line only when the epochs change
+
+
+@pytest.mark.slow
+def test_a_fold_whose_run_ended_stops_without_writing_results(tiny, tmp_path, monkeypatch):
+    """Ctrl-C or a lost scheduler ends a run while its folds still train on a Dask cluster:
+    each stops at its next epoch (or before done.json) when the run's token in the folder's
+    lock file is gone, rather than writing into a folder another run may hold by then."""
+    from mer_utils import train as train_module
+    from mer_utils.runs import LOCK_FILE, RunEnded
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / LOCK_FILE).write_text("1234-5678")  # the run that starts the fold
+    real = train_module.train_fold
+
+    def run_ends_in_epoch_one(samples, subject, config, images, on_epoch=None):
+        def ending(done, loss):
+            (out / LOCK_FILE).write_text("")  # the run ended (runs._end_run)
+            on_epoch(done, loss)
+        return real(samples, subject, config, images, ending)
+
+    monkeypatch.setattr(train_module, "train_fold", run_ends_in_epoch_one)
+    fold = out / fold_dir_name(0, "sub01")
+    with pytest.raises(RunEnded, match="the run that started this fold has ended .* without writing results"):
+        run_fold(tiny.replace(epochs=2), 0, fold)
+    assert sorted(p.name for p in fold.iterdir()) == []  # no fold.json, no progress.json
+    monkeypatch.setattr(train_module, "train_fold", real)
+    (out / LOCK_FILE).write_text("1234-5678")
+    ran = runs.run_fold
+
+    def another_run_takes_the_folder(*args, **kwargs):
+        record = ran(*args, **kwargs)
+        (out / LOCK_FILE).write_text("9999-0000")  # a new run holds the folder once this fold is trained
+        return record
+
+    monkeypatch.setattr(runs, "run_fold", another_run_takes_the_folder)
+    outcome = _fold_task(tiny.to_dict(), 0, str(fold), False, 1)
+    assert outcome["error"].startswith("RunEnded: ") and not (fold / DONE_FILE).exists()
+
+
+def test_an_interrupted_run_keeps_its_config_and_ends_its_token(data_root, tmp_path, monkeypatch):
+    """Folds sent to a cluster may finish after Ctrl-C: config.json stays (the same command
+    then goes on from them), and the lock file no longer holds the run's token."""
+    from mer_utils.runs import CONFIG_FILE, LOCK_FILE
+
+    def interrupted(*args, **kwargs):
+        assert (out / LOCK_FILE).read_text()  # the run's token while it runs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "prepare_inputs", lambda *a, **k: None)
+    monkeypatch.setattr(runs, "_run_folds", interrupted)
+    out = tmp_path / "exp"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop"), out,
+                       folds=[0], use_papermill=False, progress=False)
+    assert (out / CONFIG_FILE).is_file() and (out / LOCK_FILE).read_text() == ""
+
+
+@pytest.mark.slow
+def test_folds_waiting_for_a_worker_say_so_once(data_root, tmp_path, monkeypatch):
+    """A scheduler without workers: the run waits for one and says why, once, rather than
+    showing a bar that never moves."""
+    from distributed import LocalCluster
+
+    monkeypatch.setattr(runs, "NO_WORKER_WAIT_S", 0.2)
+    monkeypatch.setattr(runs, "PROGRESS_POLL_S", 0.05)
+    config = ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop")
+    said = []
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
+        def progress_line(line):  # once the run has said it waits, a worker joins and the fold runs
+            said.append(line)
+            if "waiting" in line:
+                cluster.scale(1)
+
+        monkeypatch.setattr(runs, "_report_progress", progress_line)
+        with pytest.warns(UserWarning, match=r"idle: 1 fold\(s\) waiting 0 s: no Dask worker is connected to "
+                                             r"its scheduler \(.*\); start one there, or Ctrl-C"):
+            result = run_experiment(config, tmp_path / "idle", scheduler=cluster.scheduler_address, folds=[0],
+                                    use_papermill=False, progress=False)
+    assert result.metrics["folds"]["completed"] == 1
+    assert [line.split(":")[1].strip() for line in said] == ["1 fold(s) waiting 0 s", "1 of 1 folds done (fold 0, sub01)"]
 
 
 def test_a_missing_or_unreadable_progress_file_counts_no_epoch(tmp_path):
@@ -588,7 +669,8 @@ def test_an_unreachable_scheduler_is_named_before_any_work(data_root, tmp_path, 
                        scheduler="tcp://127.0.0.1:1", folds=[0], use_papermill=False, progress=False)
     assert not out.exists()
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:2")  # README: the same as --scheduler
-    with pytest.raises(ConfigError, match=r"^Dask scheduler tcp://127\.0\.0\.1:2 cannot be reached"):
+    with pytest.raises(ConfigError, match=r"^Dask scheduler tcp://127\.0\.0\.1:2 \(from \$DASK_SCHEDULER_ADDRESS\) "
+                                          r"cannot be reached \(.*\): start it there, or unset DASK_SCHEDULER_ADDRESS"):
         run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop"), out,
                        folds=[0], use_papermill=False, progress=False)
     assert not out.exists()
