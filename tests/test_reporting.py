@@ -430,10 +430,14 @@ def test_the_gpu_profile_on_a_machine_without_one_warns_before_any_notebook(tmp_
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(reproduce, "run_notebooks", lambda *a, **k: ran.append(k["profile"]) or {})
     monkeypatch.setattr(reproduce, "render_reports", lambda runs, reports: Path(reports) / "index.html")
+    from mer_utils.models import cropnet
+
+    checked = []  # the profile's ImageNet weights are checked first (offline here: see the test below)
+    monkeypatch.setattr(cropnet, "check_imagenet_weights", checked.append)
     with pytest.warns(UserWarning, match=r"profile full-gpu on a machine without a CUDA GPU .* an hour or more per fold"):
         reproduce.reproduce(data_root=tmp_path, profile="full-gpu", runs_dir=tmp_path / "runs",
                             reports_dir=tmp_path / "r")
-    assert ran == ["full-gpu"]
+    assert ran == ["full-gpu"] and checked == ["rexnet_100"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the CPU profile: nothing to warn about
         reproduce.reproduce(data_root=tmp_path, profile="synthetic-cpu", runs_dir=tmp_path / "runs",

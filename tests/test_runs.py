@@ -462,6 +462,7 @@ def test_folds_waiting_for_a_worker_say_so_once(data_root, tmp_path, monkeypatch
         monkeypatch.setattr(runs, "_report_progress", progress_line)
         with pytest.warns(UserWarning, match=r"idle: 1 fold\(s\) waiting 0 s: no Dask worker is connected to "
                                              r"its scheduler \(.*\); start one there, or Ctrl-C"):
+            warnings.filterwarnings("ignore", ".*metrics are partial", UserWarning)
             result = run_experiment(config, tmp_path / "idle", scheduler=cluster.scheduler_address, folds=[0],
                                     use_papermill=False, progress=False)
     assert result.metrics["folds"]["completed"] == 1
