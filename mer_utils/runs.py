@@ -571,6 +571,7 @@ def _epochs_done(fold_dir: Path, since: float = 0.0) -> int:
 
 
 NO_WORKER_WAIT_S = 30.0  # folds waiting this long with no worker to run them: say so, once
+IDLE_CHECK_S = 5.0  # how often the runner asks a remote scheduler whether any worker can run its folds
 
 
 def _idle_cluster(client, gpu: bool) -> str | None:
@@ -633,7 +634,8 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
         }
         lines = per_fold > 1 and bool(os.environ.get(PROGRESS_ENV))
         last_line, last_epochs = time.monotonic(), {}
-        idle_since, idle_said = None, False
+        idle_since, idle_checked = None, time.monotonic()
+        watch_idle = bool(scheduler)  # a local cluster has its workers
         folds_text = f"{len(futures)} fold{'' if len(futures) == 1 else 's'}"
         bar = tqdm(total=len(futures) * per_fold, desc=f"LOSO, {folds_text}",
                    unit="fold" if per_fold == 1 else "epoch", disable=not progress)
@@ -665,10 +667,12 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
                     last_line, last_epochs = time.monotonic(), training
                     _report_progress(f"{label}: {len(finished)} of {len(futures)} folds done; training " + ", ".join(
                         f"fold {fold} epoch {done}/{per_fold}" for fold, done in sorted(training.items())))
-                reason = None if idle_said else _idle_cluster(client, gpu)
-                idle_since = (idle_since or time.monotonic()) if reason else None
-                if reason and time.monotonic() - idle_since >= NO_WORKER_WAIT_S:
-                    idle_said = True
+                if watch_idle and time.monotonic() - idle_checked >= IDLE_CHECK_S:
+                    idle_checked = time.monotonic()
+                    reason = _idle_cluster(client, gpu)
+                    idle_since = (idle_since or idle_checked) if reason else None
+                if watch_idle and idle_since is not None and time.monotonic() - idle_since >= NO_WORKER_WAIT_S:
+                    watch_idle = False  # said once
                     message = (f"{label}: {len(futures) - len(finished)} fold(s) waiting {NO_WORKER_WAIT_S:.0f} s: "
                                f"{reason} ({scheduler or 'the local cluster'}); start one there, or Ctrl-C: "
                                "finished folds are kept")

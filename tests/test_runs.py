@@ -450,6 +450,7 @@ def test_folds_waiting_for_a_worker_say_so_once(data_root, tmp_path, monkeypatch
     from distributed import LocalCluster
 
     monkeypatch.setattr(runs, "NO_WORKER_WAIT_S", 0.2)
+    monkeypatch.setattr(runs, "IDLE_CHECK_S", 0.05)
     monkeypatch.setattr(runs, "PROGRESS_POLL_S", 0.05)
     config = ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop")
     said = []
