@@ -57,7 +57,7 @@ NOTEBOOK_PATH = PACKAGE_DIR.parent / "notebooks" / "03_train.ipynb"  # one fold 
 CONFIG_FILE, DONE_FILE, PREDICTIONS_FILE = "config.json", "done.json", "predictions.csv"
 LOSSES_FILE = "losses.csv"  # mean training loss per epoch over the folds
 PROGRESS_FILE = "progress.json"  # a CropNet fold's epochs so far, while it trains (removed when it ends)
-PROGRESS_POLL_S = 1.0  # how often the runner reads the running folds' progress for its bar
+PROGRESS_POLL_S = 2.0  # how often the runner reads the running folds' progress (a finished fold: at once)
 PROGRESS_LINE_S = 60.0  # at most one "training: fold N epoch k/E" line this often (PROGRESS_ENV)
 
 
@@ -606,7 +606,7 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
     without a line, while they change (a fold at the paper's settings on a CPU takes long). Folds
     that wait ``NO_WORKER_WAIT_S`` with no worker to run them (a scheduler without workers, or
     without a GPU worker for folds that ask for one) are named in one warning."""
-    from distributed import as_completed
+    from distributed import wait
     from tqdm.auto import tqdm
 
     client, owned, host_workers = _open_client(scheduler, workers, len(pending))
@@ -639,10 +639,18 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
         folds_text = f"{len(futures)} fold{'' if len(futures) == 1 else 's'}"
         bar = tqdm(total=len(futures) * per_fold, desc=f"LOSO, {folds_text}",
                    unit="fold" if per_fold == 1 else "epoch", disable=not progress)
+        watch = progress or lines or watch_idle  # else: nothing to do until a fold finishes
         with bar:
-            remaining = as_completed(futures)
             while True:
-                for future in remaining.next_batch(block=False):
+                waiting = [f for f, fold in futures.items() if fold not in finished]
+                try:  # a fold finishing ends the wait at once
+                    wait(waiting, timeout=PROGRESS_POLL_S if watch else None, return_when="FIRST_COMPLETED")
+                except TimeoutError:  # the poll: progress, training lines, idle workers
+                    pass
+                except Exception:  # a cancelled fold (a lost scheduler), handled below as failed
+                    if not any(f.done() for f in waiting):
+                        time.sleep(PROGRESS_POLL_S)
+                for future in [f for f in waiting if f.done()]:
                     fold = futures[future]
                     try:
                         error = future.result()["error"]
@@ -678,7 +686,6 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
                                "finished folds are kept")
                     warnings.warn(message, UserWarning, stacklevel=3)
                     _report_progress(message)
-                time.sleep(PROGRESS_POLL_S)
     finally:
         if len(finished) < len(futures):  # interrupted: the queued folds never start (running ones stop at
             with contextlib.suppress(Exception):  # their next epoch, their run's token gone: _check_run)
