@@ -538,11 +538,10 @@ def check_scheduler(address: str, from_environment: bool = False) -> None:
         Client(address, timeout=SCHEDULER_TIMEOUT_S).close()
     except Exception as err:  # OSError, TimeoutError, ValueError for a malformed address
         reason = " ".join(str(err).split()) or type(err).__name__
-        if from_environment:
-            raise ConfigError(f"Dask scheduler {address} (from $DASK_SCHEDULER_ADDRESS) cannot be reached ({reason}): "
-                              "start it there, or unset DASK_SCHEDULER_ADDRESS for a local cluster") from None
-        raise ConfigError(f"Dask scheduler {address} cannot be reached ({reason}): start it there, or leave the "
-                          "scheduler out for a local cluster") from None
+        source, way_out = ((" (from $DASK_SCHEDULER_ADDRESS)", "unset DASK_SCHEDULER_ADDRESS") if from_environment
+                           else ("", "leave the scheduler out"))
+        raise ConfigError(f"Dask scheduler {address}{source} cannot be reached ({reason}): start it there, or "
+                          f"{way_out} for a local cluster") from None
 
 
 def _report_progress(line: str) -> None:
@@ -662,8 +661,9 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
                     last_line = time.monotonic()  # a training line only after a minute without any line
                     _report_progress(f"{label}: {len(finished)} of {len(futures)} folds done "
                                      f"(fold {fold}, {subjects[fold]}{': FAILED' if error else ''})")
-                epochs = {} if per_fold == 1 else {fold: min(_epochs_done(pending[fold], submitted), per_fold)
-                                                   for fold in pending if fold not in finished}
+                shown = per_fold > 1 and (progress or lines)  # progress files are read for a bar or lines only
+                epochs = {} if not shown else {fold: min(_epochs_done(pending[fold], submitted), per_fold)
+                                               for fold in pending if fold not in finished}
                 if progress:
                     bar.update(max(0, len(finished) * per_fold + sum(epochs.values()) - bar.n))
                     failed = f", {len(failures)} failed" if failures else ""

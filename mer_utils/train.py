@@ -387,13 +387,10 @@ def train_fold(
 
 
 def _config_record(config: TrainConfig, classes: tuple[str, ...], fitted: "TrainedModel") -> dict:
-    with warnings.catch_warnings():  # a daemonic process's loader warning was given once, in training
-        warnings.simplefilter("ignore", UserWarning)
-        loader_workers = config.loader_workers(fitted.device)
     return {**dataclasses.asdict(config), "classes": list(classes),
             "pretrained_weights": None if config.pretrained_weights is None else str(config.pretrained_weights),
             "amp_dtype": str(fitted.amp_dtype).removeprefix("torch.") if fitted.amp else "float32",
-            "num_workers": loader_workers, "channels_last": fitted.channels_last}
+            "num_workers": fitted.loader_workers, "channels_last": fitted.channels_last}
 
 
 @dataclass
@@ -410,6 +407,7 @@ class TrainedModel:
     n_train: int
     seconds: dict = field(default_factory=dict)  # "epochs": each epoch's wall seconds; "recalibrate"
     member_losses: list[list[float]] = field(default_factory=list)  # ensemble: each member's epoch losses
+    loader_workers: int = 0  # DataLoader processes that augmented the batches (TrainConfig.loader_workers)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
@@ -455,7 +453,8 @@ def _fit(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig,
     losses = [float(np.mean(column)) for column in zip(*(m.epoch_losses for m in members))]
     return TrainedModel(SeedEnsemble([m.model for m in members]), classes, losses, device, first.amp, first.amp_dtype,
                         first.channels_last, first.n_train, seconds,
-                        member_losses=[[float(x) for x in m.epoch_losses] for m in members])
+                        member_losses=[[float(x) for x in m.epoch_losses] for m in members],
+                        loader_workers=first.loader_workers)
 
 
 def _fit_one(train: Sequence[Sample], classes: tuple[str, ...], config: TrainConfig,
@@ -475,10 +474,11 @@ def _fit_one(train: Sequence[Sample], classes: tuple[str, ...], config: TrainCon
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         model.channels_last = True
-    fitted = TrainedModel(model, classes, [], device, amp, amp_dtype, channels_last, len(train))
+    fitted = TrainedModel(model, classes, [], device, amp, amp_dtype, channels_last, len(train),
+                          loader_workers=config.loader_workers(device))
     fitted.epoch_losses, fitted.seconds["epochs"] = _train(model, train_set, config, device, fitted.autocast,
                                                            use_scaler=amp and amp_dtype == torch.float16, desc=desc,
-                                                           on_epoch=on_epoch)
+                                                           workers=fitted.loader_workers, on_epoch=on_epoch)
     if config.recalibrate_bn:
         started = time.perf_counter()
         recalibrate_batchnorm(model, train_set.images, config, device, fitted.autocast)
@@ -569,12 +569,12 @@ def predict_probs(model: CropNet, images: Sequence[np.ndarray], config: TrainCon
 
 
 def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: torch.device, autocast,
-           use_scaler: bool, desc: str, on_epoch: Callable[[int, float], None] | None = None
+           use_scaler: bool, desc: str, workers: int = 0, on_epoch: Callable[[int, float], None] | None = None
            ) -> tuple[list[float], list[float]]:
-    """``config.epochs`` epochs of AdamP on label-smoothing cross-entropy; returns each epoch's
-    mean loss and wall seconds (the first includes starting the loader processes).
-    ``on_epoch(epochs done, mean loss)`` is called after each epoch."""
-    workers = config.loader_workers(device)
+    """``config.epochs`` epochs of AdamP on label-smoothing cross-entropy, the batches augmented
+    by ``workers`` loader processes; returns each epoch's mean loss and wall seconds (the first
+    includes starting the loader processes). ``on_epoch(epochs done, mean loss)`` is called
+    after each epoch."""
     loader = DataLoader(
         train_set,
         batch_size=config.batch_size,
