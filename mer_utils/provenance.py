@@ -6,6 +6,8 @@ seed N)", anything else names the data root's absolute path.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -70,3 +72,17 @@ def data_description(root: str | os.PathLike) -> str:
 def report_title(what: str, root: str | os.PathLike) -> str:
     """A table or figure title that names its data: "Table 2 ... on synthetic data (...)"."""
     return f"{what}, on {data_description(root)}"
+
+
+@functools.lru_cache(maxsize=1)
+def kit_identity() -> str:
+    """This kit's version and a digest of its source (every ``.py`` file of ``mer_utils``, read
+    once per process): what a Dask worker must share with the run that sends it folds, or its
+    folds would be computed by other code (``runs.check_scheduler``, ``runs._fold_task``)."""
+    import mer_utils
+
+    package = Path(mer_utils.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{mer_utils.__version__} (source {digest.hexdigest()[:12]})"

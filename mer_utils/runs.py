@@ -51,7 +51,7 @@ from mer_utils.data import PROTOCOLS, Sample, load_samples
 from mer_utils.errors import ConfigError, DatasetError, DataWarning, MerError, check_int
 from mer_utils.files import FOLD_FILE, atomic_write_text, file_digest, read_fold_record
 from mer_utils.paths import EXPERIMENTS_DIR, PACKAGE_DIR, PROGRESS_ENV, repo_path
-from mer_utils.provenance import is_synthetic
+from mer_utils.provenance import is_synthetic, kit_identity
 
 NOTEBOOK_PATH = PACKAGE_DIR.parent / "notebooks" / "03_train.ipynb"  # one fold as a notebook (repository checkouts)
 CONFIG_FILE, DONE_FILE, PREDICTIONS_FILE = "config.json", "done.json", "predictions.csv"
@@ -377,12 +377,16 @@ def fold_notebook_parameters(config: ExperimentConfig, fold: int, fold_dir: Path
 
 
 def _fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: bool, host_workers: int,
-               inputs: str | None = None) -> dict:
+               inputs: str | None = None, kit: str | None = None) -> dict:
     """Run one fold (notebook or in-process), then write ``done.json``; errors come back as text.
     Its torch threads are :func:`fold_threads` of ``host_workers`` (the workers sharing a
     machine), counted here, on the worker's machine, with its cores and ``$OMP_NUM_THREADS``.
     The fold loads the experiment's samples again: the DataWarnings that load gives, the
-    experiment has already shown once (``run_experiment``), so a worker does not repeat them."""
+    experiment has already shown once (``run_experiment``), so a worker does not repeat them.
+    ``kit``: the sending run's ``kit_identity()``; a worker with other code refuses the fold."""
+    if kit is not None and kit != kit_identity():
+        return {"fold": fold, "error": f"this Dask worker runs mer-residual {kit_identity()}, but the run is "
+                                       f"mer-residual {kit}: install this kit on every worker and restart them"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         return _run_fold_task(config_values, fold, fold_dir, use_papermill, fold_threads(host_workers), inputs)
@@ -535,13 +539,34 @@ def check_scheduler(address: str, from_environment: bool = False) -> None:
     from distributed import Client
 
     try:
-        Client(address, timeout=SCHEDULER_TIMEOUT_S).close()
+        client = Client(address, timeout=SCHEDULER_TIMEOUT_S)
     except Exception as err:  # OSError, TimeoutError, ValueError for a malformed address
         reason = " ".join(str(err).split()) or type(err).__name__
         source, way_out = ((" (from $DASK_SCHEDULER_ADDRESS)", "unset DASK_SCHEDULER_ADDRESS") if from_environment
                            else ("", "leave the scheduler out"))
         raise ConfigError(f"Dask scheduler {address}{source} cannot be reached ({reason}): start it there, or "
                           f"{way_out} for a local cluster") from None
+    try:
+        check_workers_kit(client.run(kit_identity, on_error="return"), address)
+    finally:
+        client.close()
+
+
+def check_workers_kit(identities: dict, address: str) -> None:
+    """ConfigError naming the first Dask worker (of ``identities``: worker -> its ``kit_identity()``,
+    or the error it raised) that runs other code than this process: another version or source
+    of the kit, or none (it cannot import ``mer_utils``). Workers that join later are checked
+    by each fold (``_fold_task``)."""
+    mine = kit_identity()
+    others = {worker: found for worker, found in identities.items() if found != mine}
+    if not others:
+        return
+    worker, found = sorted(others.items())[0]
+    more = f" (and {len(others) - 1} more of its {len(identities)} workers)" if len(others) > 1 else ""
+    runs = (f"runs mer-residual {found}" if isinstance(found, str)
+            else f"cannot run this kit ({type(found).__name__}: {' '.join(str(found).split())})")
+    raise ConfigError(f"Dask worker {worker} of scheduler {address} {runs}{more}, but this run is mer-residual "
+                      f"{mine}: install this kit on every worker (the same commit, `make install`) and restart them")
 
 
 def _report_progress(line: str) -> None:
@@ -627,7 +652,7 @@ def _run_folds(config, pending: dict[int, Path], subjects, scheduler, workers, u
         submitted = time.time()
         futures = {
             client.submit(_fold_task, config.to_dict(), fold, str(fold_dir), use_papermill, host_workers, inputs,
-                          pure=False, key=f"loso-fold-{fold:02d}-{time.time_ns()}",
+                          kit_identity(), pure=False, key=f"loso-fold-{fold:02d}-{time.time_ns()}",
                           resources={"GPU": 1} if gpu else None): fold
             for fold, fold_dir in pending.items()
         }

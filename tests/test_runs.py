@@ -3,6 +3,7 @@ notebook path, the LBP-TOP baseline and failing folds, on the small synthetic CA
 with tiny CropNet settings (1 epoch, 32 px)."""
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -727,3 +728,35 @@ def test_a_second_run_of_the_same_folder_at_once_is_refused_and_a_failed_start_l
         run_experiment(tiny.replace(cache_dir=str(blocker / "cache")), fresh, scheduler=scheduler, folds=[0],
                        progress=False)
     assert not fresh.exists() and blocker.read_text() == "mine"
+
+
+def test_a_dask_worker_with_other_kit_code_is_named_before_any_fold(scheduler):
+    """A worker that runs another version or source of the kit, or cannot import it, would
+    compute folds with other code: check_scheduler names it, with both identities."""
+    from mer_utils.provenance import kit_identity
+    from mer_utils.runs import check_scheduler, check_workers_kit
+
+    mine = kit_identity()
+    assert re.fullmatch(r"\d+\.\d+\.\d+ \(source [0-9a-f]{12}\)", mine)
+    check_scheduler(scheduler)  # the fixture's worker shares this process's kit
+    check_workers_kit({"tcp://a:1": mine, "tcp://b:2": mine}, "tcp://s:8786")
+    with pytest.raises(ConfigError, match=re.escape(
+            "Dask worker tcp://b:2 of scheduler tcp://s:8786 runs mer-residual 0.0.9 (source 000000000000), but this "
+            f"run is mer-residual {mine}: install this kit on every worker")):
+        check_workers_kit({"tcp://a:1": mine, "tcp://b:2": "0.0.9 (source 000000000000)"}, "tcp://s:8786")
+    with pytest.raises(ConfigError, match=re.escape(
+            "Dask worker tcp://a:1 of scheduler tcp://s:8786 cannot run this kit (ModuleNotFoundError: No module "
+            "named 'mer_utils') (and 1 more of its 2 workers)")):
+        check_workers_kit({"tcp://a:1": ModuleNotFoundError("No module named 'mer_utils'"), "tcp://b:2": "other"},
+                          "tcp://s:8786")
+
+
+def test_a_worker_that_joined_with_other_kit_code_refuses_the_fold(tiny, tmp_path, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the fold ran on other code")
+
+    monkeypatch.setattr(runs, "run_fold", must_not_run)
+    outcome = _fold_task(tiny.to_dict(), 0, str(tmp_path / "fold"), False, 1, None, "0.0.9 (source 000000000000)")
+    assert outcome == {"fold": 0, "error": "this Dask worker runs mer-residual " + runs.kit_identity() + ", but the run "
+                       "is mer-residual 0.0.9 (source 000000000000): install this kit on every worker and restart them"}
+    assert not (tmp_path / "fold").exists()
