@@ -36,6 +36,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -491,6 +493,23 @@ def _close_kept_clusters() -> None:
     _KEPT_CLUSTERS.clear()
 
 
+@contextlib.contextmanager
+def _workers_ignore_interrupts():
+    """Start the local cluster's worker processes with Ctrl-C (SIGINT) ignored, a disposition
+    they inherit: Ctrl-C in a terminal reaches every process of its group, and each worker then
+    printed a page of asyncio tracebacks. This process alone handles it: it cancels the folds
+    and closes the cluster, which ends the workers. Ctrl-C in the second or two the workers
+    take to start is ignored as well (main thread only; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
 def _open_client(scheduler: str | None, workers: int | None, n_folds: int):
     """(client, owned, workers per machine); the caller closes the client when ``owned``.
 
@@ -519,7 +538,7 @@ def _open_client(scheduler: str | None, workers: int | None, n_folds: int):
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     with dask.config.set({"distributed.worker.daemon": False,
-                          "distributed.nanny.pre-spawn-environ": environ}):
+                          "distributed.nanny.pre-spawn-environ": environ}), _workers_ignore_interrupts():
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                dashboard_address=":0", memory_limit=0, silence_logs=logging.ERROR)
     client = Client(cluster)

@@ -760,3 +760,23 @@ def test_a_worker_that_joined_with_other_kit_code_refuses_the_fold(tiny, tmp_pat
     assert outcome == {"fold": 0, "error": "this Dask worker runs mer-residual " + runs.kit_identity() + ", but the run "
                        "is mer-residual 0.0.9 (source 000000000000): install this kit on every worker and restart them"}
     assert not (tmp_path / "fold").exists()
+
+
+def _ignores_interrupts() -> bool:
+    import signal
+
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_local_workers_leave_ctrl_c_to_the_run():
+    """Ctrl-C reaches every process of the terminal's group: the local cluster's workers
+    ignore it (no page of tracebacks from each), while this process still handles it."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    client, owned, _ = runs._open_client(None, 1, 1)
+    try:
+        assert list(client.run(_ignores_interrupts).values()) == [True]
+        assert signal.getsignal(signal.SIGINT) is handler and not owned
+    finally:
+        runs._close_kept_clusters()
