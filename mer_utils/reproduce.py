@@ -203,9 +203,9 @@ def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.
     Preprocessing is cached and the runner skips finished folds, so a rerun only does what
     is missing. A failing notebook does not stop the others. Returns name -> {output,
     seconds, error} (error None on success). Never writes over a file papermill did not make.
+    Where several notebooks take a Dask ``scheduler`` and a number of ``workers`` is set, they
+    share one local cluster (``_lent_cluster``).
     """
-    import papermill
-
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; known profiles: {', '.join(PROFILES)}")
     folder = Path(notebooks_folder) if notebooks_folder is not None else notebooks_dir()
@@ -230,37 +230,70 @@ def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.
                           "data_root (--data-root) and the output folders with out_dir (--runs-dir)")
     output_folder(out_dir, "runs folder")
     outcome: dict[str, dict] = {}
-    for path in paths:
-        run_dir = out_dir / path.stem
-        output = run_dir / path.name
-        if folder.resolve() in output.resolve().parents:
-            raise ConfigError(f"{output} would sit among the source notebooks in {folder}: choose another out_dir")
-        if output.exists() and not _papermill_output(output):
-            raise ConfigError(f"{output} exists and was not written by papermill: move it or choose another out_dir")
-        profile_values = dict(PROFILES[profile])
-        if "epochs" in overrides and "casme2_epochs" not in overrides:
-            profile_values.pop("casme2_epochs", None)  # the epochs asked for apply to every protocol
-        values = {"experiments_dir": str(out_dir / Path(EXPERIMENTS_DIR).name), **profile_values, **overrides,
-                  "data_root": str(Path(data_root).resolve()), "run_dir": str(run_dir)}
-        if "run_dir" not in declared[path]:
-            values["output_dir"] = str(run_dir)  # notebook 03 names its output folder output_dir
-        parameters = {k: v for k, v in values.items() if k in declared[path]}
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / SUMMARY_FILE).unlink(missing_ok=True)  # the last run's: only a finished run writes one
-        print(f"[{path.stem}] running with {parameters}", flush=True)
-        clock = time.perf_counter()
-        error = None
-        try:
-            with fold_progress(path.stem):
-                papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name="python3",
-                                           cwd=str(path.parent), progress_bar=False,
-                                           kernel_manager_class=kernel_manager_class())
-        except Exception as exc:  # recorded; the executed notebook shows the failing cell
-            error = _error_text(exc)
-        seconds = time.perf_counter() - clock
-        print(f"[{path.stem}] {'FAILED: ' + error if error else 'done'} in {seconds:.0f} s -> {output}", flush=True)
-        outcome[path.stem] = {"output": output, "seconds": seconds, "error": error}
+    with _lent_cluster(paths, declared, {**PROFILES[profile], **overrides}) as lent:
+        for path in paths:
+            outcome[path.stem] = _run_one(path, folder, out_dir, declared[path], profile, overrides, data_root, lent)
     return outcome
+
+
+@contextlib.contextmanager
+def _lent_cluster(paths: Sequence[Path], declared: Mapping[Path, dict], values: Mapping[str, object]):
+    """``{"scheduler": address}`` of one local Dask cluster for every notebook that takes a
+    ``scheduler``, where two or more of them run, a number of ``workers`` is set (the
+    synthetic-cpu profile's 2) and no scheduler is given (``scheduler`` or
+    ``$DASK_SCHEDULER_ADDRESS``); else ``{}``, and each notebook starts its own cluster as
+    before. Starting one cluster instead of one per notebook saves each later notebook its
+    workers' start and torch import (some 10 s on a 2-core CPU)."""
+    takers = [p.stem for p in paths if "scheduler" in declared[p]]
+    workers = values.get("workers") or 0
+    if (len(takers) < 2 or not isinstance(workers, int) or workers < 1 or values.get("scheduler")
+            or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+        yield {}
+        return
+    from mer_utils.runs import close_local_clusters, lend_local_cluster
+
+    address = lend_local_cluster(workers)
+    print(f"[reproduce] one local Dask cluster of {workers} workers for {', '.join(takers)}: {address}", flush=True)
+    try:
+        yield {"scheduler": address}
+    finally:
+        close_local_clusters()
+
+
+def _run_one(path: Path, folder: Path, out_dir: Path, declared: Mapping[str, dict], profile: str,
+             overrides: Mapping[str, object], data_root: str | os.PathLike, lent: Mapping[str, str]) -> dict:
+    """Execute one notebook (``run_notebooks``); returns {output, seconds, error}."""
+    import papermill
+
+    run_dir = out_dir / path.stem
+    output = run_dir / path.name
+    if folder.resolve() in output.resolve().parents:
+        raise ConfigError(f"{output} would sit among the source notebooks in {folder}: choose another out_dir")
+    if output.exists() and not _papermill_output(output):
+        raise ConfigError(f"{output} exists and was not written by papermill: move it or choose another out_dir")
+    profile_values = dict(PROFILES[profile])
+    if "epochs" in overrides and "casme2_epochs" not in overrides:
+        profile_values.pop("casme2_epochs", None)  # the epochs asked for apply to every protocol
+    values = {"experiments_dir": str(out_dir / Path(EXPERIMENTS_DIR).name), **profile_values, **overrides,
+              **lent, "data_root": str(Path(data_root).resolve()), "run_dir": str(run_dir)}
+    if "run_dir" not in declared:
+        values["output_dir"] = str(run_dir)  # notebook 03 names its output folder output_dir
+    parameters = {k: v for k, v in values.items() if k in declared}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / SUMMARY_FILE).unlink(missing_ok=True)  # the last run's: only a finished run writes one
+    print(f"[{path.stem}] running with {parameters}", flush=True)
+    clock = time.perf_counter()
+    error = None
+    try:
+        with fold_progress(path.stem):
+            papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name="python3",
+                                       cwd=str(path.parent), progress_bar=False,
+                                       kernel_manager_class=kernel_manager_class())
+    except Exception as exc:  # recorded; the executed notebook shows the failing cell
+        error = _error_text(exc)
+    seconds = time.perf_counter() - clock
+    print(f"[{path.stem}] {'FAILED: ' + error if error else 'done'} in {seconds:.0f} s -> {output}", flush=True)
+    return {"output": output, "seconds": seconds, "error": error}
 
 
 @contextlib.contextmanager

@@ -483,6 +483,22 @@ def default_local_workers(n_folds: int) -> int:
 _KEPT_CLUSTERS: dict[int, tuple] = {}  # workers -> (cluster, client): one local cluster per process, reused
 
 
+def lend_local_cluster(workers: int) -> str:
+    """The scheduler address of this process's local cluster of ``workers`` processes, started
+    as the runner starts its own and kept until :func:`close_local_clusters` or the process's
+    end. ``mer reproduce`` lends it to the notebooks it runs (their ``scheduler`` parameter), so
+    their folds run in the same worker processes: no new cluster and no new torch import in
+    each notebook. A fold's threads are counted as on the notebook's own cluster (the workers
+    sharing a machine), so it computes the same numbers."""
+    client, _, _ = _open_client(None, check_int("workers", workers), workers)
+    return client.scheduler.address
+
+
+def close_local_clusters() -> None:
+    """Close the local clusters this process keeps (``_open_client``, ``lend_local_cluster``)."""
+    _close_kept_clusters()
+
+
 def _close_kept_clusters() -> None:
     for cluster, client in _KEPT_CLUSTERS.values():
         try:

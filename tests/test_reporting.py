@@ -284,11 +284,11 @@ def test_figures_are_saved_as_png(tmp_path, composite_metrics):
 # ----------------------------------------------------------------------------- papermill and HTML
 
 
-def tiny_notebook(folder: Path, name: str, body: str) -> Path:
+def tiny_notebook(folder: Path, name: str, body: str, more_parameters: str = "") -> Path:
     nb = new_notebook(cells=[
         new_markdown_cell(f"# Tiny report {name}"),
         new_code_cell('data_root: str = "data/synthetic"  # data\nrun_dir: str = "papermill_runs/x"  # out\n'
-                      'epochs: int = 3  # epochs\ncasme2_epochs: int = 0  # CASME II epochs',
+                      'epochs: int = 3  # epochs\ncasme2_epochs: int = 0  # CASME II epochs' + more_parameters,
                       metadata={"tags": ["parameters"]}),
         new_code_cell(body),
     ])
@@ -573,3 +573,40 @@ def test_fold_training_note_counts_epochs_and_names_an_ensemble_or_the_baseline(
         "averaged, lr 0.002 (fully connected layers 0.0001), batch 4, at 64 px, the paper's flip and rotation only, "
         "tested with BatchNorm statistics of the un-augmented training images")
     assert tables.fold_training_note({"epoch_losses": []}) == "linear SVM"
+
+
+def test_notebooks_that_take_a_scheduler_share_one_local_cluster(tmp_path, capsys, monkeypatch):
+    """Two notebooks with a ``scheduler`` parameter and ``workers`` set run their folds on one
+    cluster that run_notebooks starts (the same worker processes), closed afterwards; without
+    workers, with a scheduler given, or with one such notebook, each starts its own, as before."""
+    from mer_utils import runs
+
+    source = tmp_path / "notebooks"
+    body = ("import json, os\nfrom distributed import Client\npids = []\n"
+            "if scheduler:\n    with Client(scheduler) as client:\n        pids = sorted(client.run(os.getpid).values())\n"
+            "open(os.path.join(run_dir, 'seen.json'), 'w').write(json.dumps([scheduler, workers, pids]))")
+    more = '\nscheduler: str = ""  # Dask scheduler\nworkers: int = 0  # local workers'
+    for name in ("00_first", "01_second"):
+        tiny_notebook(source, name, body, more)
+    (tmp_path / "data").mkdir()
+
+    def seen(runs_dir):
+        return [json.loads((runs_dir / name / "seen.json").read_text()) for name in ("00_first", "01_second")]
+
+    outcome = reproduce.run_notebooks(data_root=tmp_path / "data", out_dir=tmp_path / "runs",
+                                      overrides={"workers": 1}, notebooks_folder=source)
+    assert all(o["error"] is None for o in outcome.values()), outcome
+    first, second = seen(tmp_path / "runs")
+    assert first[0].startswith("tcp://127.0.0.1:") and first == second and len(first[2]) == 1
+    assert f"[reproduce] one local Dask cluster of 1 workers for 00_first, 01_second: {first[0]}" in capsys.readouterr().out
+    assert runs._KEPT_CLUSTERS == {}  # closed once the notebooks ran
+    paths = reproduce.list_notebooks(None, source)
+    declared = {p: reproduce.declared_parameters(p) for p in paths}
+    for values in ({"workers": 0}, {"workers": 2, "scheduler": "tcp://elsewhere:8786"}, {"workers": 2}):
+        with reproduce._lent_cluster(paths if "scheduler" in values or not values["workers"] else paths[:1],
+                                     declared, values) as lent:  # no workers; a scheduler given; one taker
+            assert lent == {}
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://elsewhere:8786")
+    with reproduce._lent_cluster(paths, declared, {"workers": 2}) as lent:
+        assert lent == {}
+    assert runs._KEPT_CLUSTERS == {} and "[reproduce]" not in capsys.readouterr().out
