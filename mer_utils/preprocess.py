@@ -89,6 +89,14 @@ def sample_window(sample: Sample, n_key: int = N_KEY) -> tuple[int, list[int]]:
     return start, key_frames(start, end, n_key)
 
 
+def window_frames(sample: Sample, n_key: int = N_KEY) -> list[int]:
+    """The frame numbers an image of ``sample`` is computed from: its window's start frame and
+    key frames, each once. The cache keys its images by their content (``cache_path``) and a
+    fold's fingerprint by the same frames (``runs.inputs_digest``)."""
+    start, keys = sample_window(sample, n_key)
+    return list(dict.fromkeys([start, *keys]))
+
+
 # --- residual images and flows (eq. 5-7) ------------------------------------------------
 
 
@@ -376,8 +384,7 @@ def cache_path(cache_dir: str | Path, sample: Sample, method: str, params: Mappi
     a replaced frame keeps its size and mtime (a ``cp -p`` or ``tar x`` of another version).
     """
     if frames is None:
-        start, keys = sample_window(sample, int(params.get("n_key", 5)))
-        frames = [start, *keys]
+        frames = window_frames(sample, int(params.get("n_key", N_KEY)))
     files = []
     for number in dict.fromkeys(frames):
         path = sample.frame_path(number)
@@ -625,7 +632,7 @@ def clip_walkthrough(sample, n_key: int = N_KEY, face_crop: str = FACE_CROP, siz
     window = clip_window(sample.onset, sample.apex, sample.offset)
     start, keys = sample_window(sample, n_key)
     clock = time.perf_counter()
-    numbers = list(dict.fromkeys([start, *keys]))
+    numbers = window_frames(sample, n_key)
     crops = dict(zip(numbers, aligned_crops(sample, numbers, size=size, face_crop=face_crop)))
     seconds["read + align"] = time.perf_counter() - clock
     images = {}

@@ -310,7 +310,7 @@ def inputs_digest(samples: Sequence[Sample], config: ExperimentConfig) -> str:
     the window's start and key frames, as the preprocessing cache keys them; for LBP-TOP its
     sampled frames): a frame replaced after a fold ran makes the fold stale, though the
     annotations did not change. A file is read once per process while its size and mtime hold."""
-    from mer_utils.preprocess import sample_window
+    from mer_utils.preprocess import window_frames
 
     config = config.resolved()
     rows = []
@@ -320,8 +320,7 @@ def inputs_digest(samples: Sequence[Sample], config: ExperimentConfig) -> str:
 
             numbers = frame_numbers(sample, config.lbptop_frames)
         else:
-            start, keys = sample_window(sample, config.n_key)
-            numbers = list(dict.fromkeys([start, *keys]))
+            numbers = window_frames(sample, config.n_key)
         rows.append([sample.key, [_file_digest(sample.frame_path(n)) for n in numbers]])
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
