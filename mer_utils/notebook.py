@@ -1,10 +1,13 @@
 """What the numbered notebooks share: their opener (:func:`open_run`: data root, run folder,
-data description) and the parsing of list-valued parameters ("0,3", "ars,rrs", "1,5,10").
+data description), the parsing of list-valued parameters ("0,3", "ars,rrs", "1,5,10"), and
+the kernels the kit executes them in (:func:`kernel_manager_class`).
 """
 from __future__ import annotations
 
 import os
 import re
+import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,3 +79,18 @@ def str_list(values: str | Sequence[str], name: str = "values", allowed: Sequenc
         raise ConfigError(f"{name} {values!r}: unknown {', '.join(map(repr, unknown))}; expected some of "
                           f"{', '.join(allowed)}")
     return parts
+
+
+def kernel_manager_class():
+    """The Jupyter kernel manager the kit starts its own kernels with: local IPC sockets
+    instead of TCP, so a report shows no "Kernel is running over TCP" warning (the kernels
+    run on this machine, started by the kit, and need no network port)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")  # its sockets are files named after ``ip``: keep them in /tmp
+            kwargs.setdefault("ip", os.path.join(tempfile.gettempdir(), f"mer-kernel-{uuid.uuid4().hex[:12]}"))
+            super().__init__(**kwargs)
+
+    return IPCKernelManager

@@ -24,30 +24,13 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from mer_utils.errors import ConfigError, MerError
+from mer_utils.notebook import kernel_manager_class
 from mer_utils.paths import (EXPERIMENTS_DIR, PROGRESS_ENV, REPORTS_DIR, RUNS_DIR, SYNTHETIC_DIR, data_root_dir,
                              notebooks_dir)
 from mer_utils.provenance import data_description
 from mer_utils.tables import DECIMALS
 
 SUMMARY_FILE = "summary.json"  # a notebook's one-line summary for reports/index.html
-
-
-def kernel_manager_class():
-    """The Jupyter kernel manager the kit starts its own kernels with: local IPC sockets
-    instead of TCP, so a report shows no "Kernel is running over TCP" warning (the kernels
-    run on this machine, started by the kit, and need no network port)."""
-    from jupyter_client.manager import AsyncKernelManager
-
-    import tempfile
-    import uuid
-
-    class IPCKernelManager(AsyncKernelManager):
-        def __init__(self, **kwargs):
-            kwargs.setdefault("transport", "ipc")  # its sockets are files named after ``ip``: keep them in /tmp
-            kwargs.setdefault("ip", os.path.join(tempfile.gettempdir(), f"mer-kernel-{uuid.uuid4().hex[:12]}"))
-            super().__init__(**kwargs)
-
-    return IPCKernelManager
 
 
 def write_summary(run_dir: str | os.PathLike, title: str, data_root: str | os.PathLike,

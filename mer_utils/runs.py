@@ -404,7 +404,7 @@ def _run_fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill:
         if use_papermill:
             import papermill
 
-            from mer_utils.reproduce import kernel_manager_class
+            from mer_utils.notebook import kernel_manager_class
 
             fold_dir.mkdir(parents=True, exist_ok=True)
             papermill.execute_notebook(
