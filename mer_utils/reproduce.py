@@ -224,9 +224,9 @@ def _lent_cluster(paths: Sequence[Path], declared: Mapping[Path, dict], values: 
     """``{"scheduler": address}`` of one local Dask cluster for every notebook that takes a
     ``scheduler``, where two or more of them run, a number of ``workers`` is set (the
     synthetic-cpu profile's 2) and no scheduler is given (``scheduler`` or
-    ``$DASK_SCHEDULER_ADDRESS``); else ``{}``, and each notebook starts its own cluster as
-    before. Starting one cluster instead of one per notebook saves each later notebook its
-    workers' start and torch import (some 10 s on a 2-core CPU)."""
+    ``$DASK_SCHEDULER_ADDRESS``); else ``{}`` (each notebook starts its own cluster). One
+    cluster instead of one per notebook saves each later notebook its workers' start and
+    torch import (about 10 s on a 2-core CPU)."""
     takers = [p.stem for p in paths if "scheduler" in declared[p]]
     workers = values.get("workers") or 0
     if (len(takers) < 2 or not isinstance(workers, int) or workers < 1 or values.get("scheduler")
