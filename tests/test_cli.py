@@ -111,6 +111,21 @@ def test_metrics_classes_come_from_the_protocol(tmp_path, capsys):
     assert "classes: happiness, surprise" in capsys.readouterr().out
 
 
+def test_metrics_says_each_note_about_the_probabilities_once(tmp_path):
+    """A note about the file goes into the table's "note:" lines; the console does not say
+    it again as a warning. With --json (no table) the warning is the console's only copy."""
+    path = tmp_path / "predictions.csv"
+    path.write_text("dataset,subject,clip,true_label,pred_label,prob_happiness,prob_surprise\n"
+                    "casme2,sub01,EP01,surprise,surprise,0.9,0.1\n"
+                    "casme2,sub01,EP02,happiness,happiness,0.2,0.8\n")
+    note = "on 2 of 2 rows pred_label is not the class of the highest prob_ column (line(s) 2, 3)"
+    command = [sys.executable, "-m", "mer_utils", "metrics", str(path), "--classes", "happiness,surprise"]
+    table = subprocess.run(command, capture_output=True, text=True)  # the console's own warning output
+    assert table.returncode == 0 and f"note: {note}" in table.stdout and note not in table.stderr
+    as_json = subprocess.run(command + ["--json"], capture_output=True, text=True)
+    assert as_json.returncode == 0 and as_json.stderr.count(note) == 1 and note in as_json.stdout
+
+
 def test_bad_inputs_fail_before_any_work_or_output(tmp_path, capsys):
     from test_data import make_casme2  # tests/ is on sys.path under pytest
 
