@@ -130,8 +130,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
                             clips_per_subject=args.clips_per_subject)
     total = sum(counts.values())
     detail = ", ".join(f"{k}: {v}" for k, v in counts.items())
-    print(f"synthetic data in {args.out}: {total} clips ({detail}) "
-          f"in {time.perf_counter() - t0:.1f} s")
+    reused = ("" if not counts.reused else
+              f"; already there with these parameters (seed {args.seed}), left as they were: {', '.join(counts.reused)}")
+    print(f"synthetic data in {args.out}: {total} clips ({detail}) in {time.perf_counter() - t0:.1f} s{reused}")
     return 0
 
 

@@ -76,9 +76,15 @@ def report_title(what: str, root: str | os.PathLike) -> str:
 
 @functools.lru_cache(maxsize=1)
 def kit_identity() -> str:
-    """This kit's version and a digest of its source (every ``.py`` file of ``mer_utils``, read
-    once per process): what a Dask worker must share with the run that sends it folds, or its
-    folds would be computed by other code (``runs.check_scheduler``, ``runs._fold_task``)."""
+    """This kit's version and a digest of its source (:func:`source_identity`, read once per
+    process): what a Dask worker must share with the run that sends it folds, or its folds
+    would be computed by other code (``runs.check_scheduler``, ``runs._fold_task``)."""
+    return source_identity()
+
+
+def source_identity() -> str:
+    """The kit's version and a digest of its source files as they are now (every ``.py`` file
+    of ``mer_utils``)."""
     import mer_utils
 
     package = Path(mer_utils.__file__).resolve().parent

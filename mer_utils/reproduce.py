@@ -213,34 +213,50 @@ def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.
                           "data_root (--data-root) and the output folders with out_dir (--runs-dir)")
     output_folder(out_dir, "runs folder")
     outcome: dict[str, dict] = {}
-    with _lent_cluster(paths, declared, {**PROFILES[profile], **overrides}) as lent:
+    with _lent_cluster(paths, declared, {**PROFILES[profile], **overrides}) as lend:
         for path in paths:
+            lent = lend() if "scheduler" in declared[path] else {}
             outcome[path.stem] = _run_one(path, folder, out_dir, declared[path], profile, overrides, data_root, lent)
     return outcome
 
 
 @contextlib.contextmanager
 def _lent_cluster(paths: Sequence[Path], declared: Mapping[Path, dict], values: Mapping[str, object]):
-    """``{"scheduler": address}`` of one local Dask cluster for every notebook that takes a
-    ``scheduler``, where two or more of them run, a number of ``workers`` is set (the
-    synthetic-cpu profile's 2) and no scheduler is given (``scheduler`` or
-    ``$DASK_SCHEDULER_ADDRESS``); else ``{}`` (each notebook starts its own cluster). One
-    cluster instead of one per notebook saves each later notebook its workers' start and
-    torch import (about 10 s on a 2-core CPU)."""
+    """A function giving ``{"scheduler": address}`` of one local Dask cluster for each notebook
+    that takes a ``scheduler``, where two or more of them run, a number of ``workers`` is set
+    (the synthetic-cpu profile's 2) and no scheduler is given (``scheduler`` or
+    ``$DASK_SCHEDULER_ADDRESS``); else one giving ``{}`` (each notebook starts its own
+    cluster). One cluster instead of one per notebook saves each later notebook its workers'
+    start and torch import (about 10 s on a 2-core CPU). It starts with the first notebook
+    that takes it, and starts again when the kit's source has changed since (edited during
+    the run), so that its workers run the code the notebook's kernel imports."""
     takers = [p.stem for p in paths if "scheduler" in declared[p]]
     workers = values.get("workers") or 0
     if (len(takers) < 2 or not isinstance(workers, int) or workers < 1 or values.get("scheduler")
             or os.environ.get("DASK_SCHEDULER_ADDRESS")):
-        yield {}
+        yield lambda: {}
         return
+    from mer_utils.provenance import source_identity
     from mer_utils.runs import close_local_clusters, lend_local_cluster
 
-    address = lend_local_cluster(workers)
-    print(f"[reproduce] one local Dask cluster of {workers} workers for {', '.join(takers)}: {address}", flush=True)
+    lent: dict[str, str] = {}
+
+    def lend() -> dict[str, str]:
+        source = source_identity()
+        if lent.get("source") != source:
+            if lent:
+                close_local_clusters()
+                print("[reproduce] the kit's source changed since its local cluster started: a new one", flush=True)
+            lent.update(source=source, scheduler=lend_local_cluster(workers))
+            print(f"[reproduce] one local Dask cluster of {workers} workers for {', '.join(takers)}: "
+                  f"{lent['scheduler']}", flush=True)
+        return {"scheduler": lent["scheduler"]}
+
     try:
-        yield {"scheduler": address}
+        yield lend
     finally:
-        close_local_clusters()
+        if lent:
+            close_local_clusters()
 
 
 def _run_one(path: Path, folder: Path, out_dir: Path, declared: Mapping[str, dict], profile: str,
@@ -543,15 +559,19 @@ def warn_without_gpu() -> None:
                       "64) run smaller", UserWarning, stacklevel=3)
 
 
-def check_weights(profile: str, overrides: Mapping[str, object] | None = None) -> None:
-    """Where the notebooks are to start from ImageNet (the full-gpu profile, or ``-p
-    pretrained_weights imagenet``): ConfigError in one line now when timm's weights can be had
+def check_weights(profile: str, overrides: Mapping[str, object] | None = None,
+                  names: Iterable[str] | str | None = None) -> None:
+    """Where the notebooks ``names`` (None: all) are to start from ImageNet (the full-gpu
+    profile, or ``-p pretrained_weights imagenet``) and one of them trains (it takes
+    ``pretrained_weights``): ConfigError in one line now when timm's weights can be had
     neither online nor from the cache, before any notebook preprocesses or trains."""
     from mer_utils.models.cropnet import IMAGENET, check_imagenet_weights
     from mer_utils.train import TrainConfig
 
     settings = {**PROFILES.get(profile, {}), **(overrides or {})}
-    if str(settings.get("pretrained_weights", "")).lower() == IMAGENET:
+    if str(settings.get("pretrained_weights", "")).lower() != IMAGENET:
+        return
+    if any("pretrained_weights" in declared_parameters(path) for path in list_notebooks(names)):
         check_imagenet_weights(str(settings.get("backbone") or TrainConfig().backbone))
 
 
@@ -568,7 +588,7 @@ def reproduce(data_root: str | os.PathLike = SYNTHETIC_DIR, profile: str = "synt
     html_exporter()  # the reports can be made: checked before hours of notebooks
     if profile == "full-gpu":
         warn_without_gpu()
-    check_weights(profile, overrides)
+    check_weights(profile, overrides, only)
     outcome = run_notebooks(only, data_root=data_root, profile=profile, out_dir=runs_dir, overrides=overrides)
     index = render_reports(runs_dir, reports_dir)
     for line in result_lines(runs_dir, [name for name, run in outcome.items() if not run["error"]]):

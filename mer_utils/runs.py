@@ -109,9 +109,13 @@ def _claim_experiment_dir(config: ExperimentConfig, out_dir: Path) -> None:
         differing = sorted(k for k in set(old_flat) | set(new_flat)
                            if k not in RESULT_NEUTRAL_FIELDS and old_flat.get(k) != new_flat.get(k))
         if differing:
-            details = "; ".join(f"{k}: {old_flat.get(k)!r} there, {new_flat.get(k)!r} now" for k in differing)
+            first = sorted(differing, key=lambda k: k not in ("method", "protocol", "root"))  # what says most
+            details = "; ".join(f"{k}: {old_flat.get(k)!r} there, {new_flat.get(k)!r} now"
+                                for k in first[:DIFFERING_SHOWN])
+            rest = first[DIFFERING_SHOWN:]
+            more = f"; and {len(rest)} more: {', '.join(rest)}" if rest else ""
             raise ConfigError(f"{out_dir} holds an experiment with another configuration "
-                              f"(differing: {', '.join(differing)}; {details}); use another folder")
+                              f"(differing: {details}{more}); use another folder")
         if old.get("kit_version") != mer_utils.__version__:
             warnings.warn(f"{path} was written by kit version {old.get('kit_version')}, "
                           f"this is {mer_utils.__version__}; resuming anyway", UserWarning, stacklevel=3)
@@ -127,6 +131,7 @@ def _claim_experiment_dir(config: ExperimentConfig, out_dir: Path) -> None:
     _write_json_atomic(path, record)
 
 
+DIFFERING_SHOWN = 4  # settings whose two values a refusal of another configuration shows (then only names)
 LOCK_FILE = ".mer-lock"  # held (flock) by the one process running an experiment folder
 
 

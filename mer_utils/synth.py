@@ -604,11 +604,21 @@ def _existing_state(folder: Path, params: dict, overwrite: bool) -> str:
     return "replace"
 
 
+class SynthCounts(dict):
+    """The clips per dataset (dataset -> count) of :func:`make_synthetic`; ``reused`` names the
+    datasets that were already there with the same parameters and were left as they were."""
+
+    def __init__(self, counts: dict[str, int], reused: Iterable[str] = ()) -> None:
+        super().__init__(counts)
+        self.reused = tuple(reused)
+
+
 def make_synthetic(out: str | Path, *, full: bool = False, amplitude: float = 3.0, noise: float = 2.0,
                    seed: int = 0, datasets: Iterable[str] = DATASETS, workers: int | None = None,
                    progress: bool = True, overwrite: bool = False, subjects: int | None = None,
-                   clips_per_subject: int | None = None) -> dict[str, int]:
-    """Write the synthetic datasets under ``out`` and return the clips written per dataset.
+                   clips_per_subject: int | None = None) -> SynthCounts:
+    """Write the synthetic datasets under ``out`` and return the clips per dataset (a
+    :class:`SynthCounts`, which also names the datasets reused as they were).
 
     ``out/CASME2``, ``out/SAMM``, ``out/SMIC`` in their native layouts (module docstring),
     clips from :func:`plan_synthetic` (``full``, ``seed``, ``subjects``, ``clips_per_subject``). ``amplitude``: peak
@@ -633,8 +643,9 @@ def make_synthetic(out: str | Path, *, full: bool = False, amplitude: float = 3.
     plan = plan_synthetic(full=full, seed=seed, datasets=datasets, subjects=subjects,
                           clips_per_subject=clips_per_subject)
     states = {d: _existing_state(out / DATASET_FOLDERS[d], params, overwrite) for d in datasets}
-    counts = {d: sum(spec.dataset == d for spec in plan) for d in datasets}
     todo = [d for d in datasets if states[d] != "done"]
+    counts = SynthCounts({d: sum(spec.dataset == d for spec in plan) for d in datasets},
+                         reused=[d for d in datasets if d not in todo])
     if not todo:
         return counts
 

@@ -465,6 +465,9 @@ def test_imagenet_weights_that_cannot_be_had_are_one_line_before_any_notebook(tm
                                     reports_dir=tmp_path / "r", overrides=overrides)
     assert ran == [] and not (tmp_path / "runs").exists()
     reproduce.check_weights("full-gpu", {"pretrained_weights": "none"})  # from scratch: nothing to check
+    reproduce.check_weights("full-gpu", None, ["02", "07"])  # these notebooks train nothing
+    with pytest.raises(ConfigError, match=r"ImageNet weights for rexnet_100"):
+        reproduce.check_weights("full-gpu", None, ["02", "04"])
 
 
 def test_nbconvert_without_its_templates_is_one_line_before_any_notebook(tmp_path, monkeypatch):
@@ -604,9 +607,18 @@ def test_notebooks_that_take_a_scheduler_share_one_local_cluster(tmp_path, capsy
     declared = {p: reproduce.declared_parameters(p) for p in paths}
     for values in ({"workers": 0}, {"workers": 2, "scheduler": "tcp://elsewhere:8786"}, {"workers": 2}):
         with reproduce._lent_cluster(paths if "scheduler" in values or not values["workers"] else paths[:1],
-                                     declared, values) as lent:  # no workers; a scheduler given; one taker
-            assert lent == {}
-    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://elsewhere:8786")
-    with reproduce._lent_cluster(paths, declared, {"workers": 2}) as lent:
-        assert lent == {}
+                                     declared, values) as lend:  # no workers; a scheduler given; one taker
+            assert lend() == {}
+    with monkeypatch.context() as patched:
+        patched.setenv("DASK_SCHEDULER_ADDRESS", "tcp://elsewhere:8786")
+        with reproduce._lent_cluster(paths, declared, {"workers": 2}) as lend:
+            assert lend() == {}
     assert runs._KEPT_CLUSTERS == {} and "[reproduce]" not in capsys.readouterr().out
+    # the kit's source edited while the notebooks run: the next notebook gets a new cluster
+    sources = iter(["0.1.0 (source a)", "0.1.0 (source a)", "0.1.0 (source b)"])
+    monkeypatch.setattr(provenance, "source_identity", lambda: next(sources))
+    with reproduce._lent_cluster(paths, declared, {"workers": 1}) as lend:
+        first, same, edited = lend(), lend(), lend()
+        assert first == same and edited != first and list(runs._KEPT_CLUSTERS.values())[0][0].scheduler_address \
+            == edited["scheduler"] and len(runs._KEPT_CLUSTERS) == 1
+    assert runs._KEPT_CLUSTERS == {} and "the kit's source changed" in capsys.readouterr().out

@@ -279,8 +279,10 @@ def test_fold_without_done_marker_is_not_complete(two_fold_run, data_root, tmp_p
 def test_other_configuration_in_the_same_folder_is_refused(two_fold_run, tiny, tmp_path, scheduler):
     out = copy_experiment(two_fold_run, tmp_path)
     changed = ExperimentConfig(**{**tiny.to_dict(), "epochs": 2, "seed": 1})
-    with pytest.raises(ConfigError, match=r"differing: epochs, seed"):
+    with pytest.raises(ConfigError, match=r"differing: epochs: \d+ there, 2 now; seed: 0 there, 1 now\); use another"):
         rerun(changed, out, scheduler)
+    with pytest.raises(ConfigError, match=r"differing: method: 'ars' there, 'lbptop' now; .*; and \d+ more: \w+"):
+        rerun(ExperimentConfig(root=tiny.root, protocol=tiny.protocol, method="lbptop"), out, scheduler)
     moved_cache = ExperimentConfig(**{**tiny.to_dict(), "cache_dir": str(tmp_path / "elsewhere")})
     assert rerun(moved_cache, out, scheduler).trained_folds == 0  # where the cache lives changes no result
     recorded = json.loads((out / "config.json").read_text())

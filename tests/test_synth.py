@@ -289,13 +289,15 @@ def test_refuses_a_folder_it_did_not_write(tmp_path):
 def test_rerun_reuses_and_overwrite_replaces_only_its_own_folder(tmp_path):
     options = dict(datasets=("smic",), subjects=1, workers=1, progress=False)
     marker = tmp_path / "SMIC" / MARKER_NAME
-    assert make_synthetic(tmp_path, **options) == {"smic": 4}
+    first = make_synthetic(tmp_path, **options)
+    assert first == {"smic": 4} and first.reused == ()
     written = marker.stat().st_mtime_ns
-    assert make_synthetic(tmp_path, **options) == {"smic": 4}
+    again = make_synthetic(tmp_path, **options)
+    assert again == {"smic": 4} and again.reused == ("smic",)
     assert marker.stat().st_mtime_ns == written  # same parameters: returned early
     with pytest.raises(ConfigError, match="overwrite=True"):
         make_synthetic(tmp_path, amplitude=1.0, **options)
-    make_synthetic(tmp_path, amplitude=1.0, overwrite=True, **options)
+    assert make_synthetic(tmp_path, amplitude=1.0, overwrite=True, **options).reused == ()
     assert json.loads(marker.read_text())["params"]["amplitude"] == 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["SMIC"]
 
@@ -369,12 +371,17 @@ def test_clips_per_subject_keeps_the_first_clips_of_each_subject():
         plan_synthetic(clips_per_subject=0)
 
 
-def test_synth_cli_makes_a_small_custom_set(tmp_path):
+def test_synth_cli_makes_a_small_custom_set(tmp_path, capsys):
     from mer_utils.cli import main
     from mer_utils.data import load_samples
 
-    assert main(["synth", "--out", str(tmp_path / "d"), "--subjects", "3", "--clips-per-subject", "4",
-                 "--seed", "1", "--workers", "1"]) == 0
+    command = ["synth", "--out", str(tmp_path / "d"), "--subjects", "3", "--clips-per-subject", "4",
+               "--seed", "1", "--workers", "1"]
+    assert main(command) == 0
+    assert "already there" not in capsys.readouterr().out
+    assert main(command) == 0  # a second time: reused, and said so
+    assert capsys.readouterr().out.strip().endswith(
+        "; already there with these parameters (seed 1), left as they were: casme2, samm, smic")
     with pytest.warns(DataWarning, match="megc2019 without a sample list"):  # the composite from the mapping
         samples = load_samples(tmp_path / "d", "megc2019")
     per_subject = {}
