@@ -48,14 +48,14 @@ def _fold_in_process(config, samples, arrays, subject: str, loader_workers: int 
 def _folds_in_dask(config, folds: list[int]) -> list[dict]:
     """The folds in a local Dask cluster of one worker per fold, all at a time, as ``mer loso
     --workers N`` runs them."""
-    from mer_utils.runs import _close_kept_clusters, run_experiment
+    from mer_utils.runs import close_local_clusters, run_experiment
 
     with tempfile.TemporaryDirectory() as folder:
         try:
             result = run_experiment(config, Path(folder) / "experiment", folds=folds, workers=len(folds),
                                     use_papermill=False, progress=False)
         finally:  # the runner keeps its cluster for the next experiment: its workers would hold their GPU memory
-            _close_kept_clusters()
+            close_local_clusters()
         if result.failures:
             raise SystemExit(f"the Dask fold failed: {result.failures}")
         records = [json.loads((result.fold_dirs[fold] / "fold.json").read_text()) for fold in folds]

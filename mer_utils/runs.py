@@ -500,10 +500,6 @@ def lend_local_cluster(workers: int) -> str:
 
 def close_local_clusters() -> None:
     """Close the local clusters this process keeps (``_open_client``, ``lend_local_cluster``)."""
-    _close_kept_clusters()
-
-
-def _close_kept_clusters() -> None:
     for cluster, client in _KEPT_CLUSTERS.values():
         try:
             client.close()
@@ -563,7 +559,7 @@ def _open_client(scheduler: str | None, workers: int | None, n_folds: int):
                                dashboard_address=":0", memory_limit=0, silence_logs=logging.ERROR)
     client = Client(cluster)
     if not _KEPT_CLUSTERS:
-        atexit.register(_close_kept_clusters)
+        atexit.register(close_local_clusters)
     _KEPT_CLUSTERS[n_workers] = (cluster, client)
     return client, False, n_workers
 

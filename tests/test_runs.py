@@ -781,4 +781,4 @@ def test_local_workers_leave_ctrl_c_to_the_run():
         assert list(client.run(_ignores_interrupts).values()) == [True]
         assert signal.getsignal(signal.SIGINT) is handler and not owned
     finally:
-        runs._close_kept_clusters()
+        runs.close_local_clusters()
