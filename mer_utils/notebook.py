@@ -81,10 +81,20 @@ def str_list(values: str | Sequence[str], name: str = "values", allowed: Sequenc
     return parts
 
 
-def kernel_manager_class():
+KERNEL_LOG = "kernel.log"  # beside an executed notebook: its kernel's own error output, kept only when not empty
+
+
+def kernel_manager_class(log: str | os.PathLike | None = None):
     """The Jupyter kernel manager the kit starts its own kernels with: local IPC sockets
     instead of TCP, so a report shows no "Kernel is running over TCP" warning (the kernels
-    run on this machine, started by the kit, and need no network port)."""
+    run on this machine, started by the kit, and need no network port).
+
+    ``log``: a file the kernel process's own error output is appended to, instead of this
+    process's console. Only ipykernel's log lines go there (such as the traceback it prints
+    when a Ctrl-C in the terminal, which reaches the kernel too, stops it in mid-reply, or
+    "KeyboardInterrupt caught in kernel" when jupyter_client's interrupt before a shutdown
+    meets a kernel still finishing); what the notebook's cells print goes into the notebook
+    either way. :func:`drop_empty_log` removes it when nothing was written."""
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
@@ -93,4 +103,18 @@ def kernel_manager_class():
             kwargs.setdefault("ip", os.path.join(tempfile.gettempdir(), f"mer-kernel-{uuid.uuid4().hex[:12]}"))
             super().__init__(**kwargs)
 
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if log is None:
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "ab") as errors:  # the kernel process keeps its own copy of the file
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": errors})
+
     return IPCKernelManager
+
+
+def drop_empty_log(log: str | os.PathLike) -> None:
+    """Remove a kernel's error log (:func:`kernel_manager_class`) that holds nothing."""
+    path = Path(log)
+    if path.is_file() and path.stat().st_size == 0:
+        path.unlink(missing_ok=True)

@@ -622,3 +622,19 @@ def test_notebooks_that_take_a_scheduler_share_one_local_cluster(tmp_path, capsy
         assert first == same and edited != first and list(runs._KEPT_CLUSTERS.values())[0][0].scheduler_address \
             == edited["scheduler"] and len(runs._KEPT_CLUSTERS) == 1
     assert runs._KEPT_CLUSTERS == {} and "the kit's source changed" in capsys.readouterr().out
+
+
+def test_a_kernels_own_error_output_goes_to_its_log_not_the_console(tmp_path, capfd):
+    """ipykernel's own log lines (a Ctrl-C that stops a kernel in mid-reply prints a page of
+    them) go to kernel.log beside the executed notebook; a kernel that wrote none leaves no log."""
+    source = tmp_path / "notebooks"
+    tiny_notebook(source, "00_quiet", "x = 1")
+    tiny_notebook(source, "01_loud", "from ipykernel.kernelapp import IPKernelApp\n"
+                  "IPKernelApp.instance().log.error('marker from the kernel process')")
+    (tmp_path / "data").mkdir()
+    outcome = reproduce.run_notebooks(data_root=tmp_path / "data", out_dir=tmp_path / "runs", notebooks_folder=source)
+    assert all(o["error"] is None for o in outcome.values()), outcome
+    out, err = capfd.readouterr()
+    assert "marker from the kernel process" not in out + err
+    assert "marker from the kernel process" in (tmp_path / "runs" / "01_loud" / "kernel.log").read_text()
+    assert not (tmp_path / "runs" / "00_quiet" / "kernel.log").exists()
