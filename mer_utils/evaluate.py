@@ -437,9 +437,11 @@ def compute_metrics(df: pd.DataFrame, classes: Sequence[str] | None = None) -> d
 
 
 def metrics_from_file(path: str | os.PathLike, protocol: str | None = None,
-                      classes: Sequence[str] | None = None) -> dict:
+                      classes: Sequence[str] | None = None, warn_notes: bool = True) -> dict:
     """Read a predictions CSV, reject duplicated samples, compute the metrics over the
-    classes of :func:`resolve_classes` (an unknown label is an error naming its row)."""
+    classes of :func:`resolve_classes` (an unknown label is an error naming its row). Notes on
+    the file's probabilities go into ``metrics["notes"]``, and with ``warn_notes`` are also
+    warnings (a caller that prints the notes, as ``mer metrics``' table, passes False)."""
     df = read_predictions(path)
     if len(df) == 0:
         raise EvaluationError(f"{path}: predictions table has no rows: nothing to score")
@@ -451,7 +453,8 @@ def metrics_from_file(path: str | os.PathLike, protocol: str | None = None,
         raise EvaluationError(f"{path}: {err}") from None
     metrics["source"] = str(path)
     for note in probability_notes(df):  # scored from pred_label all the same
-        warnings.warn(f"{path}: {note}", UserWarning, stacklevel=2)
+        if warn_notes:
+            warnings.warn(f"{path}: {note}", UserWarning, stacklevel=2)
         metrics["notes"].append(note)
     return metrics
 

@@ -11,7 +11,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from mer_utils.errors import ConfigError, one_line_warning
 from mer_utils.paths import data_root_dir, repo_path
@@ -94,7 +94,7 @@ def kernel_manager_class(log: str | os.PathLike | None = None):
     when a Ctrl-C in the terminal, which reaches the kernel too, stops it in mid-reply, or
     "KeyboardInterrupt caught in kernel" when jupyter_client's interrupt before a shutdown
     meets a kernel still finishing); what the notebook's cells print goes into the notebook
-    either way. :func:`drop_empty_log` removes it when nothing was written."""
+    either way. :func:`execute_notebook` removes it when nothing was written."""
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
@@ -113,8 +113,19 @@ def kernel_manager_class(log: str | os.PathLike | None = None):
     return IPCKernelManager
 
 
-def drop_empty_log(log: str | os.PathLike) -> None:
-    """Remove a kernel's error log (:func:`kernel_manager_class`) that holds nothing."""
-    path = Path(log)
-    if path.is_file() and path.stat().st_size == 0:
-        path.unlink(missing_ok=True)
+def execute_notebook(source: str | os.PathLike, output: str | os.PathLike, parameters: Mapping[str, object],
+                     **papermill_options) -> None:
+    """papermill's ``execute_notebook`` of ``source`` into ``output`` with ``parameters``, in
+    the kit's kernel (``python3``, :func:`kernel_manager_class`; working directory the source's
+    folder), without papermill's bar. The kernel's own error output goes to ``KERNEL_LOG``
+    beside ``output``, which is removed when nothing was written to it."""
+    import papermill
+
+    log = Path(output).parent / KERNEL_LOG
+    try:
+        papermill.execute_notebook(str(source), str(output), parameters=dict(parameters), kernel_name="python3",
+                                   cwd=str(Path(source).parent), progress_bar=False,
+                                   kernel_manager_class=kernel_manager_class(log), **papermill_options)
+    finally:
+        if log.is_file() and log.stat().st_size == 0:
+            log.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from mer_utils.errors import ConfigError, MerError
-from mer_utils.notebook import KERNEL_LOG, drop_empty_log, kernel_manager_class
+from mer_utils.notebook import execute_notebook
 from mer_utils.paths import (EXPERIMENTS_DIR, PROGRESS_ENV, REPORTS_DIR, RUNS_DIR, SYNTHETIC_DIR, data_root_dir,
                              notebooks_dir)
 from mer_utils.provenance import data_description
@@ -262,8 +262,6 @@ def _lent_cluster(paths: Sequence[Path], declared: Mapping[Path, dict], values: 
 def _run_one(path: Path, folder: Path, out_dir: Path, declared: Mapping[str, dict], profile: str,
              overrides: Mapping[str, object], data_root: str | os.PathLike, lent: Mapping[str, str]) -> dict:
     """Execute one notebook (``run_notebooks``); returns {output, seconds, error}."""
-    import papermill
-
     run_dir = out_dir / path.stem
     output = run_dir / path.name
     if folder.resolve() in output.resolve().parents:
@@ -283,16 +281,11 @@ def _run_one(path: Path, folder: Path, out_dir: Path, declared: Mapping[str, dic
     print(f"[{path.stem}] running with {parameters}", flush=True)
     clock = time.perf_counter()
     error = None
-    log = run_dir / KERNEL_LOG
     try:
         with fold_progress(path.stem):
-            papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name="python3",
-                                       cwd=str(path.parent), progress_bar=False,
-                                       kernel_manager_class=kernel_manager_class(log))
+            execute_notebook(path, output, parameters)
     except Exception as exc:  # recorded; the executed notebook shows the failing cell
         error = _error_text(exc)
-    finally:
-        drop_empty_log(log)
     seconds = time.perf_counter() - clock
     print(f"[{path.stem}] {'FAILED: ' + error if error else 'done'} in {seconds:.0f} s -> {output}", flush=True)
     return {"output": output, "seconds": seconds, "error": error}

@@ -407,19 +407,11 @@ def _run_fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill:
         (fold_dir / stale).unlink(missing_ok=True)
     try:
         if use_papermill:
-            import papermill
-
-            from mer_utils.notebook import KERNEL_LOG, drop_empty_log, kernel_manager_class
+            from mer_utils.notebook import execute_notebook
 
             fold_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                papermill.execute_notebook(
-                    str(NOTEBOOK_PATH), str(fold_dir / NOTEBOOK_PATH.name), kernel_name="python3",
-                    parameters=fold_notebook_parameters(config, fold, fold_dir, torch_threads),
-                    cwd=str(NOTEBOOK_PATH.parent), progress_bar=False, log_output=False,
-                    kernel_manager_class=kernel_manager_class(fold_dir / KERNEL_LOG))
-            finally:
-                drop_empty_log(fold_dir / KERNEL_LOG)
+            execute_notebook(NOTEBOOK_PATH, fold_dir / NOTEBOOK_PATH.name,
+                             fold_notebook_parameters(config, fold, fold_dir, torch_threads), log_output=False)
             record = json.loads((fold_dir / FOLD_FILE).read_text())
         else:
             record = run_fold(config, fold, fold_dir, torch_threads=torch_threads or None)
