@@ -382,6 +382,10 @@ def fold_notebook_parameters(config: ExperimentConfig, fold: int, fold_dir: Path
     return params
 
 
+# The way out of both kit-mismatch refusals (check_workers_kit, before any fold; _fold_task, a worker that joined later)
+KIT_MISMATCH_FIX = "install this kit on every worker (the same commit, `make install`) and restart them"
+
+
 def _fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: bool, host_workers: int,
                inputs: str | None = None, kit: str | None = None) -> dict:
     """Run one fold (notebook or in-process), then write ``done.json``; errors come back as text.
@@ -392,7 +396,7 @@ def _fold_task(config_values: dict, fold: int, fold_dir: str, use_papermill: boo
     ``kit``: the sending run's ``kit_identity()``; a worker with other code refuses the fold."""
     if kit is not None and kit != kit_identity():
         return {"fold": fold, "error": f"this Dask worker runs mer-residual {kit_identity()}, but the run is "
-                                       f"mer-residual {kit}: install this kit on every worker and restart them"}
+                                       f"mer-residual {kit}: {KIT_MISMATCH_FIX}"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         return _run_fold_task(config_values, fold, fold_dir, use_papermill, fold_threads(host_workers), inputs)
@@ -596,7 +600,7 @@ def check_workers_kit(identities: dict, address: str) -> None:
     runs = (f"runs mer-residual {found}" if isinstance(found, str)
             else f"cannot run this kit ({type(found).__name__}: {' '.join(str(found).split())})")
     raise ConfigError(f"Dask worker {worker} of scheduler {address} {runs}{more}, but this run is mer-residual "
-                      f"{mine}: install this kit on every worker (the same commit, `make install`) and restart them")
+                      f"{mine}: {KIT_MISMATCH_FIX}")
 
 
 def _report_progress(line: str) -> None:

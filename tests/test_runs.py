@@ -761,7 +761,8 @@ def test_a_worker_that_joined_with_other_kit_code_refuses_the_fold(tiny, tmp_pat
     monkeypatch.setattr(runs, "run_fold", must_not_run)
     outcome = _fold_task(tiny.to_dict(), 0, str(tmp_path / "fold"), False, 1, None, "0.0.9 (source 000000000000)")
     assert outcome == {"fold": 0, "error": "this Dask worker runs mer-residual " + runs.kit_identity() + ", but the run "
-                       "is mer-residual 0.0.9 (source 000000000000): install this kit on every worker and restart them"}
+                       "is mer-residual 0.0.9 (source 000000000000): install this kit on every worker (the same commit, "
+                       "`make install`) and restart them"}
     assert not (tmp_path / "fold").exists()
 
 
