@@ -25,6 +25,7 @@ import dataclasses
 import json
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 
@@ -52,8 +53,10 @@ def _folds_in_dask(config, folds: list[int]) -> list[dict]:
 
     with tempfile.TemporaryDirectory() as folder:
         try:
-            result = run_experiment(config, Path(folder) / "experiment", folds=folds, workers=len(folds),
-                                    use_papermill=False, progress=False)
+            with warnings.catch_warnings():  # the few folds it runs are the point: "metrics are partial" is expected
+                warnings.filterwarnings("ignore", ".*metrics are partial", UserWarning)
+                result = run_experiment(config, Path(folder) / "experiment", folds=folds, workers=len(folds),
+                                        use_papermill=False, progress=False)
         finally:  # the runner keeps its cluster for the next experiment: its workers would hold their GPU memory
             close_local_clusters()
         if result.failures:

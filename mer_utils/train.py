@@ -25,7 +25,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
 from mer_utils.data.sample import Sample
 from mer_utils.errors import ConfigError, TrainingError
@@ -607,6 +606,8 @@ def _train(model: CropNet, train_set: _ImageSet, config: TrainConfig, device: to
 
     epoch_losses: list[float] = []
     epoch_seconds: list[float] = []
+    from tqdm.auto import tqdm  # here, not at import: its warnings (no ipywidgets) then reach a notebook after open_run
+
     bar = tqdm(range(config.epochs), desc=desc, disable=not config.progress, leave=False)
     for epoch in bar:
         model.train()
