@@ -838,6 +838,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
             note = f"partial: {len(completed)} of {len(subjects)} folds complete; missing subjects: {', '.join(missing)}"
             metrics["notes"].append(note)
             warnings.warn(f"{out_dir}: metrics are {note}", UserWarning, stacklevel=2)
+        mixed = _mixed_devices([fold_dirs[i] for i in completed])
+        if mixed:
+            metrics["notes"].append(mixed)
+            warnings.warn(f"{out_dir}: {mixed}", UserWarning, stacklevel=2)
         write_predictions(table, out_dir / PREDICTIONS_FILE)
         write_metrics(metrics, out_dir / "metrics.json")
         synthetic = ", synthetic data" if is_synthetic(config.root) else ""
@@ -860,6 +864,17 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
         raise
     finally:
         _end_run(lock)
+
+
+def _mixed_devices(fold_dirs: Sequence[Path]) -> str | None:
+    """A note when an experiment's CropNet folds were trained on more than one device or
+    precision (a run resumed on another machine, or a cluster of CPU and GPU workers): "folds
+    trained on the CPU (float32) for 3 folds and CUDA (bfloat16) for 23 (they differ by
+    rounding)"; None when they agree."""
+    from mer_utils.tables import device_counts, device_text
+
+    records = [read_fold_record(d) for d in fold_dirs if (Path(d) / FOLD_FILE).is_file()]
+    return f"folds trained {device_text(records)}" if len(device_counts(records)) > 1 else None
 
 
 def mean_epoch_losses(fold_dirs: Sequence[Path]) -> list[float]:

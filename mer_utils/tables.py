@@ -251,9 +251,35 @@ def fold_training_note(record: Mapping, config=None) -> str:
     if config is None:
         return epochs_text(len(losses), "training epoch") + ensemble_text(1, 0)
     config = config.resolved()
+    where = device_text([record])
     return (f"CropNet trained {weights_description(record.get('weights', config.pretrained_weights))}, "
             + epochs_text(len(losses), "training epoch") + ensemble_text(config.ensemble, config.seed)
-            + ", " + training_text(config))
+            + ", " + training_text(config) + (f", {where}" if where else ""))
+
+
+def device_counts(records: Sequence[Mapping]) -> dict[tuple[str, str], int]:
+    """CropNet folds per (device type, precision) in these ``fold.json`` records."""
+    counts: dict[tuple[str, str], int] = {}
+    for record in records:
+        if record.get("device") and record.get("epoch_losses"):
+            key = (str(record["device"]).split(":")[0], str(record.get("precision") or "float32"))
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def device_text(records: Sequence[Mapping]) -> str:
+    """Where CropNet folds were trained, from their ``fold.json`` records: "on the CPU
+    (float32)", "on CUDA (bfloat16)", or, for an experiment whose folds were trained on both
+    (resumed on another machine), "on the CPU (float32) for 3 folds and CUDA (bfloat16) for 23
+    (they differ by rounding)". Empty for records without a device (LBP-TOP's, older ones)."""
+    counts = device_counts(records)
+    names = {device: ("the CPU" if device == "cpu" else device.upper()) for device, _ in counts}
+    if len(counts) == 1:
+        (device, precision), = counts
+        return f"on {names[device]} ({precision})"
+    parts = [f"{names[device]} ({precision}) for {n} fold{'' if n == 1 else 's'}"
+             for (device, precision), n in sorted(counts.items())]
+    return ("on " + ", ".join(parts[:-1]) + " and " + parts[-1] + " (they differ by rounding)") if parts else ""
 
 
 def rates_text(lr: float, fc_lr: float | None = None) -> str:
@@ -279,7 +305,8 @@ def training_note(experiments: Mapping[str, object]) -> str:
     """How each CropNet experiment was trained, as its folds recorded it (``fold.json``:
     "weights"): from scratch, from timm's ImageNet weights or from a local file, with its
     epochs, learning rate, batch size, input size, training augmentation and, for an ensemble,
-    its networks per fold. LBP-TOP rows are named as the baseline."""
+    its networks per fold, and where its folds were trained (:func:`device_text`). LBP-TOP
+    rows are named as the baseline."""
     from mer_utils.files import FOLD_FILE, read_fold_record
 
     groups: dict[str, list[str]] = {}
@@ -295,8 +322,9 @@ def training_note(experiments: Mapping[str, object]) -> str:
         records = [read_fold_record(d) for d in getattr(entry, "fold_dirs", {}).values() if (d / FOLD_FILE).is_file()]
         used = {r.get("weights", config.pretrained_weights) for r in records} or {config.pretrained_weights}
         start = " / ".join(sorted(weights_description(w) for w in used))
+        where = device_text(records)
         how = (f"CropNet trained {start}, {epochs_text(config.epochs)} (fixed before the run)"
-               f"{ensemble_text(config.ensemble, config.seed)}, {training_text(config)}")
+               f"{ensemble_text(config.ensemble, config.seed)}, {training_text(config)}" + (f", {where}" if where else ""))
         groups.setdefault(how, []).append(name)
     parts = [f"{how}: {', '.join(names)}." for how, names in groups.items()]
     if baseline:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from mer_utils import figures, notebook, paths, provenance, reproduce, tables, tsne
+from mer_utils import figures, notebook, paths, provenance, reproduce, runs, tables, tsne
 from mer_utils.data import pick_sample
 from mer_utils.models.cgpo import cgpo_geometry, cgpo_views
 from mer_utils.errors import ConfigError, DatasetError, MerError
@@ -222,6 +222,29 @@ def test_training_note_reads_the_fold_records(tmp_path):
     ensemble = ExperimentResult(config.replace(ensemble=2), tmp_path, {}, fold_dirs={0: fold})
     assert ("3 epochs (fixed before the run), 2 networks (seeds 0..1), softmax averaged, lr"
             in tables.training_note({"x": ensemble}))  # the wording of tables.ensemble_text, as fold and model notes
+
+
+def test_training_notes_say_where_the_folds_were_trained(tmp_path):
+    config = ExperimentConfig(root=str(tmp_path), protocol="casme2-5class", method="ars", epochs=2).resolved()
+    folds = {}
+    for i, (device, precision) in enumerate([("cpu", "float32"), ("cuda", "bfloat16"), ("cuda:1", "bfloat16")]):
+        folds[i] = tmp_path / f"fold_{i:02d}"
+        folds[i].mkdir()
+        (folds[i] / "fold.json").write_text(json.dumps({"weights": "none", "device": device, "precision": precision,
+                                                        "epoch_losses": [1.5, 1.2]}))
+    one = ExperimentResult(config, tmp_path, {}, fold_dirs={0: folds[0]})
+    assert tables.training_note({"x": one}).endswith("training images, on the CPU (float32): x.")
+    gpu = ExperimentResult(config, tmp_path, {}, fold_dirs={1: folds[1], 2: folds[2]})
+    assert "training images, on CUDA (bfloat16): x." in tables.training_note({"x": gpu})  # cuda:1 is CUDA too
+    assert tables.fold_training_note(json.loads((folds[1] / "fold.json").read_text()), config).endswith(
+        "training images, on CUDA (bfloat16)")
+    # an experiment resumed on another machine: the table's note and the run's metrics say so
+    mixed = ExperimentResult(config, tmp_path, {}, fold_dirs=folds)
+    assert ("on the CPU (float32) for 1 fold and CUDA (bfloat16) for 2 folds (they differ by rounding): x."
+            in tables.training_note({"x": mixed}))
+    assert runs._mixed_devices(list(folds.values())) == (
+        "folds trained on the CPU (float32) for 1 fold and CUDA (bfloat16) for 2 folds (they differ by rounding)")
+    assert runs._mixed_devices([folds[1], folds[2]]) is None
 
 
 # ----------------------------------------------------------------------------- figures and numbers
