@@ -157,7 +157,9 @@ def train_protocol(config: ExperimentConfig, out_dir: str | Path, *, apex: str =
         "training": {**{k: settings[k] for k in ("epochs", "batch_size", "lr", "fc_lr", "weight_decay",
                                                  "label_smoothing", "schedule", "augmentation", "seed",
                                                  "recalibrate_bn")},
-                     "device": fitted.device.type, "epoch_losses": [round(float(x), 6) for x in fitted.epoch_losses],
+                     "device": fitted.device.type,
+                     "precision": str(fitted.amp_dtype).removeprefix("torch.") if fitted.amp else "float32",
+                     "epoch_losses": [round(float(x), 6) for x in fitted.epoch_losses],
                      **({"member_epoch_losses": [[round(x, 6) for x in losses] for losses in fitted.member_losses]}
                         if fitted.member_losses else {}),
                      "wall_time_s": round(time.perf_counter() - started, 1)},
@@ -647,17 +649,18 @@ def _augmentation(training: dict) -> str:
 
 def model_summary(model: LoadedModel) -> str:
     """The model in one line for a report's summary, from its card: samples, epochs, batch,
-    learning rates, augmentation, input size, networks, weights."""
-    from mer_utils.tables import ensemble_text, epochs_text
+    learning rates, augmentation, input size, networks, weights, where it was trained."""
+    from mer_utils.tables import device_text, ensemble_text, epochs_text
     from mer_utils.train import AUGMENTATION_TEXT
 
     card = model.card
     training = card["training"]
     networks = ensemble_text(card["model"].get("ensemble", 1), training["seed"])
+    where = device_text([training])  # "on CUDA (bfloat16)"; cards older than "precision" give the device alone
     return (f"{card['training_data']['n_samples']} samples, {epochs_text(training['epochs'])} at "
             f"{card['model']['image_size']} px{networks}, batch {training['batch_size']}, {_rates(training)}, "
             f"{AUGMENTATION_TEXT[_augmentation(training)]}, "
-            f"backbone {'pretrained' if card['model']['pretrained'] else 'from scratch'}")
+            f"backbone {'pretrained' if card['model']['pretrained'] else 'from scratch'}" + (f", {where}" if where else ""))
 
 
 def _rates(training: Mapping) -> str:

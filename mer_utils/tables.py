@@ -262,7 +262,7 @@ def device_counts(records: Sequence[Mapping]) -> dict[tuple[str, str], int]:
     counts: dict[tuple[str, str], int] = {}
     for record in records:
         if record.get("device") and record.get("epoch_losses"):
-            key = (str(record["device"]).split(":")[0], str(record.get("precision") or "float32"))
+            key = (str(record["device"]).split(":")[0], str(record.get("precision") or ""))  # "": not recorded
             counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -273,12 +273,11 @@ def device_text(records: Sequence[Mapping]) -> str:
     (resumed on another machine), "on the CPU (float32) for 3 folds and CUDA (bfloat16) for 23
     (they differ by rounding)". Empty for records without a device (LBP-TOP's, older ones)."""
     counts = device_counts(records)
-    names = {device: ("the CPU" if device == "cpu" else device.upper()) for device, _ in counts}
+    names = {(device, precision): ("the CPU" if device == "cpu" else device.upper()) + (f" ({precision})" if precision else "")
+             for device, precision in counts}
     if len(counts) == 1:
-        (device, precision), = counts
-        return f"on {names[device]} ({precision})"
-    parts = [f"{names[device]} ({precision}) for {n} fold{'' if n == 1 else 's'}"
-             for (device, precision), n in sorted(counts.items())]
+        return f"on {names[next(iter(counts))]}"
+    parts = [f"{names[key]} for {n} fold{'' if n == 1 else 's'}" for key, n in sorted(counts.items())]
     return ("on " + ", ".join(parts[:-1]) + " and " + parts[-1] + " (they differ by rounding)") if parts else ""
 
 

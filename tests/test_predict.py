@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import mer_utils
+from mer_utils import tables
 from mer_utils.cli import main
 from mer_utils.config import ExperimentConfig
 from mer_utils.data import load_samples
@@ -370,7 +371,11 @@ def test_an_ensemble_model_folder_round_trips(setup, tmp_path):
     n = model.card["training_data"]["n_samples"]  # the reports index's line for notebook 08 names both networks
     assert model_summary(model) == (f"{n} samples, 1 epoch at 32 px, 2 networks (seeds 5..6), softmax averaged, "
                                     "batch 8, lr 0.001 (fully connected layers 0.0001), the paper's four augmentations, "
-                                    "backbone from scratch")
+                                    "backbone from scratch, " + tables.device_text([model.card["training"]]))
+    if model.card["training"]["device"] == "cpu":  # where the tests run
+        assert model_summary(model).endswith(", on the CPU (float32)")
+    del model.card["training"]["precision"]  # a card written before the kit recorded it: the device alone
+    assert model_summary(model).endswith(", on the CPU" if model.card["training"]["device"] == "cpu" else ", on CUDA")
     assert card_table(model).loc["testing", "value"] == "BatchNorm statistics of the un-augmented training images"
     prediction = predict_clip(model, unseen[0].frames[0].parent)
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0)
