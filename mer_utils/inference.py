@@ -672,7 +672,7 @@ def _rates(training: Mapping) -> str:
 
 def card_table(model: LoadedModel) -> pd.DataFrame:
     """The model card as a two-column table (field, value) for a report."""
-    from mer_utils.tables import ensemble_text
+    from mer_utils.tables import device_text, ensemble_text
     from mer_utils.train import AUGMENTATION_TEXT
 
     card = model.card
@@ -686,7 +686,7 @@ def card_table(model: LoadedModel) -> pd.DataFrame:
                          + ensemble_text(card["model"].get("ensemble", 1), card["training"]["seed"]),
         "training": f"{card['training']['epochs']} epochs, batch {card['training']['batch_size']}, {_rates(card['training'])}, "
                     f"{AUGMENTATION_TEXT[_augmentation(card['training'])]}, seed {card['training']['seed']}, "
-                    f"final loss {card['training']['epoch_losses'][-1]:.4f}",
+                    f"final loss {card['training']['epoch_losses'][-1]:.4f}, {device_text([card['training']])}",
         "testing": "BatchNorm statistics of the un-augmented training images"
                    if card["training"].get("recalibrate_bn", False) else "BatchNorm running averages (as the paper)",
         "training data": f"{card['training_data']['n_samples']} samples of {card['training_data']['n_subjects']} subjects, "

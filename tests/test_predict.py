@@ -374,6 +374,7 @@ def test_an_ensemble_model_folder_round_trips(setup, tmp_path):
                                     "backbone from scratch, " + tables.device_text([model.card["training"]]))
     if model.card["training"]["device"] == "cpu":  # where the tests run
         assert model_summary(model).endswith(", on the CPU (float32)")
+    assert card_table(model).loc["training", "value"].endswith(", " + tables.device_text([model.card["training"]]))
     del model.card["training"]["precision"]  # a card written before the kit recorded it: the device alone
     assert model_summary(model).endswith(", on the CPU" if model.card["training"]["device"] == "cpu" else ", on CUDA")
     assert card_table(model).loc["testing", "value"] == "BatchNorm statistics of the un-augmented training images"
