@@ -37,6 +37,7 @@ import pandas as pd
 import mer_utils
 from mer_utils.data.sample import Sample
 from mer_utils.errors import ConfigError, DatasetError, MerError, PreprocessError, check_int
+from mer_utils.paths import repo_relative
 
 if TYPE_CHECKING:
     from mer_utils.config import ExperimentConfig
@@ -535,7 +536,7 @@ def predict_clip(model: LoadedModel, path: str | Path, onset: int | None = None,
 
 def format_prediction(prediction: ClipPrediction) -> str:
     """Printable: the class, then each class's probability, the window and the model."""
-    lines = [f"{prediction.clip}: {prediction.label}"]
+    lines = [f"{repo_relative(prediction.clip)}: {prediction.label}"]
     for name, p in sorted(prediction.probabilities.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {name:<12} {p:.4f}")
     lines.append(f"  window: onset {prediction.onset}, apex {prediction.apex} ({prediction.apex_source}), "
@@ -548,7 +549,7 @@ def format_prediction(prediction: ClipPrediction) -> str:
 def model_text(identity: dict) -> str:
     """One line naming a model (``model_identity``) and what it was trained on; a model
     trained on synthetic data says it is a test of the pipeline."""
-    text = (f"model: {identity['folder']} ({identity['method']} + CropNet, {identity['protocol']}), "
+    text = (f"model: {repo_relative(identity['folder'])} ({identity['method']} + CropNet, {identity['protocol']}), "
             f"trained on {identity['trained_on']}")
     if identity.get("synthetic"):
         text += ": a test of the pipeline, not a model of real micro-expressions"

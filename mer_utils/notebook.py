@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from mer_utils.errors import ConfigError, one_line_warning
-from mer_utils.paths import data_root_dir, repo_path
+from mer_utils.paths import data_root_dir, repo_path, repo_relative
 from mer_utils.provenance import data_description, report_title
 
 
@@ -47,7 +47,7 @@ def open_run(data_root: str | os.PathLike, run_dir: str | os.PathLike, quiet: bo
     out.mkdir(parents=True, exist_ok=True)
     run = NotebookRun(root, out, data_description(root))
     if not quiet:
-        print(f"data: {run.data}\noutputs: {out}")
+        print(f"data: {run.data}\noutputs: {repo_relative(out)}")
     return run
 
 

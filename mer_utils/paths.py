@@ -59,6 +59,23 @@ def repo_path(path: str | os.PathLike) -> Path:
     return path if path.is_absolute() else repo_root() / path
 
 
+def repo_relative(path: str | os.PathLike) -> str:
+    """``path`` as the kit writes it into notebooks and reports: relative to the repository
+    root when it lies inside it ("papermill_runs/04_casme2_5class"; read back with
+    :func:`repo_path`), else absolute; a relative ``path`` is returned as it was given. A
+    report then names no folder of the machine it ran on, and two clones' reports of the same
+    run read the same."""
+    path = Path(path).expanduser()
+    if not path.is_absolute():
+        return str(path)
+    try:
+        root = repo_root().resolve()
+    except ConfigError:  # the kit installed outside its repository: nothing to be relative to
+        return str(path)
+    path = path.resolve()
+    return (path.relative_to(root).as_posix() or ".") if path.is_relative_to(root) else str(path)
+
+
 def notebooks_dir() -> Path:
     """The numbered notebooks' folder."""
     return repo_root() / "notebooks"

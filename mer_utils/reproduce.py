@@ -26,7 +26,7 @@ import numpy as np
 from mer_utils.errors import ConfigError, MerError
 from mer_utils.notebook import execute_notebook
 from mer_utils.paths import (EXPERIMENTS_DIR, PROGRESS_ENV, REPORTS_DIR, RUNS_DIR, SYNTHETIC_DIR, data_root_dir,
-                             notebooks_dir)
+                             notebooks_dir, repo_relative)
 from mer_utils.provenance import data_description
 from mer_utils.tables import DECIMALS
 
@@ -271,10 +271,11 @@ def _run_one(path: Path, folder: Path, out_dir: Path, declared: Mapping[str, dic
     profile_values = dict(PROFILES[profile])
     if "epochs" in overrides and "casme2_epochs" not in overrides:
         profile_values.pop("casme2_epochs", None)  # the epochs asked for apply to every protocol
-    values = {"experiments_dir": str(out_dir / Path(EXPERIMENTS_DIR).name), **profile_values, **overrides,
-              **lent, "data_root": str(Path(data_root).resolve()), "run_dir": str(run_dir)}
+    # the runner's folders as the notebooks read them back (repo_path): relative to the repository when in it
+    values = {"experiments_dir": repo_relative(out_dir / Path(EXPERIMENTS_DIR).name), **profile_values, **overrides,
+              **lent, "data_root": repo_relative(Path(data_root).resolve()), "run_dir": repo_relative(run_dir)}
     if "run_dir" not in declared:
-        values["output_dir"] = str(run_dir)  # notebook 03 names its output folder output_dir
+        values["output_dir"] = repo_relative(run_dir)  # notebook 03 names its output folder output_dir
     parameters = {k: v for k, v in values.items() if k in declared}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / SUMMARY_FILE).unlink(missing_ok=True)  # the last run's: only a finished run writes one
@@ -446,16 +447,6 @@ def _index_row(path: Path, nb, report_name: str) -> str:
     return f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
 
-def shown_path(path: str | os.PathLike) -> str:
-    """``path`` as a report shows it: relative to the working folder when under it (the
-    repository root, for ``make``), so a report names no folder of the machine it ran on."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(Path.cwd().resolve())) or "."
-    except ValueError:
-        return str(path)
-
-
 def result_lines(runs_dir: str | os.PathLike, names: Iterable[str]) -> list[str]:
     """What the notebooks ``names`` computed, as ``reproduce`` prints it on the console after
     the reports: a line naming the data, then one line per notebook with the key numbers of
@@ -535,7 +526,7 @@ def render_reports(runs_dir: str | os.PathLike = RUNS_DIR, reports_dir: str | os
         report.write_text(body.replace("<head>", "<head>" + REPORT_MARK, 1), encoding="utf-8")
         rows.append(_index_row(path, nb, report.name))
     now = _dt.datetime.now().astimezone().isoformat(timespec="minutes").replace("T", " ")
-    index.write_text(_INDEX_TEMPLATE.format(mark=REPORT_MARK, runs=html.escape(shown_path(runs_dir)), now=now,
+    index.write_text(_INDEX_TEMPLATE.format(mark=REPORT_MARK, runs=html.escape(repo_relative(Path(runs_dir).resolve())), now=now,
                                             rows="\n".join(rows)), encoding="utf-8")
     return index
 

@@ -52,7 +52,7 @@ from mer_utils.config import RESULT_NEUTRAL_FIELDS, ExperimentConfig, experiment
 from mer_utils.data import PROTOCOLS, Sample, load_samples
 from mer_utils.errors import ConfigError, DatasetError, DataWarning, MerError, check_int
 from mer_utils.files import FOLD_FILE, atomic_write_text, file_digest, read_fold_record
-from mer_utils.paths import EXPERIMENTS_DIR, PACKAGE_DIR, PROGRESS_ENV, repo_path
+from mer_utils.paths import EXPERIMENTS_DIR, PACKAGE_DIR, PROGRESS_ENV, repo_path, repo_relative
 from mer_utils.provenance import is_synthetic, kit_identity
 
 NOTEBOOK_PATH = PACKAGE_DIR.parent / "notebooks" / "03_train.ipynb"  # one fold as a notebook (repository checkouts)
@@ -759,7 +759,7 @@ def _warn_stale(out_dir: Path, stale: dict[int, str], subjects: Sequence[str], c
     """Say which finished folds are stale, why, and whether they run again now."""
     for i, reason in stale.items():
         action = "running it again" if i in chosen else "not among the folds asked for: left out of the metrics"
-        warnings.warn(f"{out_dir}: fold {i} ({subjects[i]}) is stale: {reason}; {action}", UserWarning, stacklevel=3)
+        warnings.warn(f"{repo_relative(out_dir)}: fold {i} ({subjects[i]}) is stale: {reason}; {action}", UserWarning, stacklevel=3)
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str | None = None,
@@ -837,11 +837,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
         if missing:
             note = f"partial: {len(completed)} of {len(subjects)} folds complete; missing subjects: {', '.join(missing)}"
             metrics["notes"].append(note)
-            warnings.warn(f"{out_dir}: metrics are {note}", UserWarning, stacklevel=2)
+            warnings.warn(f"{repo_relative(out_dir)}: metrics are {note}", UserWarning, stacklevel=2)
         mixed = _mixed_devices([fold_dirs[i] for i in completed])
         if mixed:
             metrics["notes"].append(mixed)
-            warnings.warn(f"{out_dir}: {mixed}", UserWarning, stacklevel=2)
+            warnings.warn(f"{repo_relative(out_dir)}: {mixed}", UserWarning, stacklevel=2)
         write_predictions(table, out_dir / PREDICTIONS_FILE)
         write_metrics(metrics, out_dir / "metrics.json")
         synthetic = ", synthetic data" if is_synthetic(config.root) else ""
@@ -940,12 +940,12 @@ def run_loso(config: ExperimentConfig, options: RunOptions = RunOptions(), out_d
     what = f"{config.method} on {config.protocol}"
     if config.method != "lbptop":
         what += f" (cgpo={config.cgpo}, n_key={config.n_key})"
-    print(f"{what} -> {out_dir}", flush=True)
+    print(f"{what} -> {repo_relative(out_dir)}", flush=True)
     result = run_experiment(config, out_dir, scheduler=options.scheduler or None, workers=options.workers or None,
                             folds=fold_list(options.folds), use_papermill=options.fold_notebooks, progress=False)
     if result.failures:
         listed = "; ".join(f"{subject}: {message}" for subject, message in result.failures.items())
-        raise MerError(f"{out_dir}: {len(result.failures)} fold(s) failed ({listed}); "
+        raise MerError(f"{repo_relative(out_dir)}: {len(result.failures)} fold(s) failed ({listed}); "
                        "run again to retry them (finished folds are kept)")
     print(f"  {result.summary_line()}", flush=True)
     return result

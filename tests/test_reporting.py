@@ -403,11 +403,35 @@ def test_a_notebook_killed_mid_run_is_incomplete_not_ok_with_an_older_summary(ex
     assert 'class="failed"' in row
 
 
-def test_reports_name_a_folder_under_the_working_folder_relative_to_it(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert reproduce.shown_path(tmp_path / "papermill_runs") == "papermill_runs"
-    assert reproduce.shown_path("papermill_runs/seed2") == str(Path("papermill_runs/seed2"))
-    assert reproduce.shown_path(tmp_path.parent) == str(tmp_path.parent.resolve())  # elsewhere: as it is
+def test_notebooks_get_the_runners_folders_relative_to_the_repository(tmp_path, monkeypatch):
+    """A notebook run by run_notebooks reads its folders back with repo_path: inside the
+    repository they are given relative to it (a report names no folder of the machine)."""
+    tiny_notebook(tmp_path / "repo" / "notebooks", "00_tiny", "print(data_root, run_dir)",
+                  '\nexperiments_dir: str = ""  # store')
+    (tmp_path / "repo" / "data").mkdir()
+    monkeypatch.setattr(paths, "repo_root", lambda: tmp_path / "repo")  # this process's view of the repository
+    outcome = reproduce.run_notebooks(data_root=tmp_path / "repo" / "data", out_dir=tmp_path / "repo" / "runs",
+                                      notebooks_folder=tmp_path / "repo" / "notebooks")
+    assert outcome["00_tiny"]["error"] is None, outcome
+    executed = nbformat.read(tmp_path / "repo" / "runs" / "00_tiny" / "00_tiny.ipynb", as_version=4)
+    given = executed.metadata.papermill.parameters
+    assert (given["data_root"], given["run_dir"], given["experiments_dir"]) == ("data", "runs/00_tiny", "runs/experiments")
+    assert executed.cells[-1].outputs[0].text == "data runs/00_tiny\n"
+    monkeypatch.undo()  # outside the repository: absolute, as before
+    outcome = reproduce.run_notebooks(data_root=tmp_path / "repo" / "data", out_dir=tmp_path / "elsewhere",
+                                      notebooks_folder=tmp_path / "repo" / "notebooks")
+    given = nbformat.read(tmp_path / "elsewhere" / "00_tiny" / "00_tiny.ipynb", as_version=4).metadata.papermill.parameters
+    assert given["run_dir"] == str((tmp_path / "elsewhere" / "00_tiny").resolve())
+
+
+def test_reports_name_a_folder_of_the_repository_relative_to_it(tmp_path, monkeypatch):
+    root = paths.repo_root()
+    assert paths.repo_relative(root / "papermill_runs" / "seed2") == "papermill_runs/seed2"
+    assert paths.repo_relative("clips/a.avi") == "clips/a.avi"  # relative: as given
+    assert paths.repo_relative(root) == "."
+    assert paths.repo_relative(tmp_path) == str(tmp_path.resolve())  # elsewhere: absolute
+    monkeypatch.chdir(tmp_path)  # the working folder does not matter
+    assert paths.repo_relative(root / "data" / "synthetic") == "data/synthetic"
 
 
 def test_run_notebooks_never_overwrites_a_file_it_did_not_write(executed_runs, tmp_path):
