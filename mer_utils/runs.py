@@ -474,7 +474,7 @@ def fold_threads(workers_per_host: int) -> int:
 def default_local_workers(n_folds: int) -> int:
     """Folds a local cluster runs at a time when ``workers`` is not given: one on a machine
     with CUDA (a fold needs about 4 GiB at 320 px; two sharing one H200 with 16 cores ran
-    1.4 and 1.19 times the folds per hour in two sessions, README "Running on a GPU", so
+    1.4 and 1.19 times the folds per hour in two sessions, docs/gpu.md, so
     ``workers=2`` is the caller's choice where memory and cores allow), else as many as there are folds and cores."""
     import torch
 

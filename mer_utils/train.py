@@ -44,7 +44,7 @@ AUGMENTATION_TEXT = {"paper": "the paper's four augmentations", "geometric": "th
 AUGMENTATIONS = tuple(AUGMENTATION_TEXT)
 # On CUDA the paper's augmentation of a 320 px batch of 16 in the training process (84 ms on an
 # H200 machine) outlasted the GPU step (55 ms): 6 loader processes made a full-gpu fold 1.7x as
-# fast there (README, "Running on a GPU"). A fixed number, not one per core, so that the
+# fast there (docs/gpu.md). A fixed number, not one per core, so that the
 # augmentation's random streams, and the results, do not depend on the machine.
 CUDA_LOADER_WORKERS = 6
 RECALIBRATION_CHUNK = 64  # samples per forward pass when BatchNorm statistics are recalibrated
@@ -108,7 +108,7 @@ class TrainConfig:
         """DataLoader processes on ``device``: ``num_workers``, or by default 0 on CPU (the
         augmentation is a small share of a CPU step) and CUDA_LOADER_WORKERS on CUDA. None in
         a daemonic process, which may not start any: a ``dask worker`` started without
-        ``DASK_DISTRIBUTED__WORKER__DAEMON=False`` (README, "Running on a GPU") runs its
+        ``DASK_DISTRIBUTED__WORKER__DAEMON=False`` (README, "Running LOSO on a Dask cluster") runs its
         folds' augmentation in the training process, with a warning."""
         workers = self.num_workers if self.num_workers is not None else (
             CUDA_LOADER_WORKERS if device.type == "cuda" else 0)
@@ -123,7 +123,7 @@ class TrainConfig:
         """Memory format on ``device``: ``channels_last``, or by default channels-last on CPU
         (oneDNN's convolutions are faster that way) and contiguous on CUDA, where cuDNN builds
         its channels-last bfloat16 kernels anew for each new batch shape (about 12 s each on
-        an H200, some 35 s a fold) and ran no faster once built (README, "Running on a GPU")."""
+        an H200, some 35 s a fold) and ran no faster once built (docs/gpu.md)."""
         return device.type != "cuda" if self.channels_last is None else bool(self.channels_last)
 
 
