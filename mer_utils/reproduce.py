@@ -215,15 +215,17 @@ def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.
     outcome: dict[str, dict] = {}
     with _lent_cluster(paths, declared, {**PROFILES[profile], **overrides}) as lend:
         for path in paths:
-            lent = lend() if "scheduler" in declared[path] else {}
-            outcome[path.stem] = _run_one(path, folder, out_dir, declared[path], profile, overrides, data_root, lent)
+            environment = lend() if "scheduler" in declared[path] else {}
+            outcome[path.stem] = _run_one(path, folder, out_dir, declared[path], profile, overrides, data_root,
+                                          environment)
     return outcome
 
 
 @contextlib.contextmanager
 def _lent_cluster(paths: Sequence[Path], declared: Mapping[Path, dict], values: Mapping[str, object]):
-    """A function giving ``{"scheduler": address}`` of one local Dask cluster for each notebook
-    that takes a ``scheduler``, where two or more of them run, a number of ``workers`` is set
+    """A function giving ``{"DASK_SCHEDULER_ADDRESS": address}`` of one local Dask cluster, the
+    environment of each notebook that takes a ``scheduler`` (its kernel inherits it; the
+    executed notebook's parameters then record no address that ends with the run), where two or more of them run, a number of ``workers`` is set
     (the synthetic-cpu profile's 2) and no scheduler is given (``scheduler`` or
     ``$DASK_SCHEDULER_ADDRESS``); else one giving ``{}`` (each notebook starts its own
     cluster). One cluster instead of one per notebook saves each later notebook its workers'
@@ -250,7 +252,7 @@ def _lent_cluster(paths: Sequence[Path], declared: Mapping[Path, dict], values: 
             lent.update(source=source, scheduler=lend_local_cluster(workers))
             print(f"[reproduce] one local Dask cluster of {workers} workers for {', '.join(takers)}: "
                   f"{lent['scheduler']}", flush=True)
-        return {"scheduler": lent["scheduler"]}
+        return {"DASK_SCHEDULER_ADDRESS": lent["scheduler"]}
 
     try:
         yield lend
@@ -260,8 +262,10 @@ def _lent_cluster(paths: Sequence[Path], declared: Mapping[Path, dict], values: 
 
 
 def _run_one(path: Path, folder: Path, out_dir: Path, declared: Mapping[str, dict], profile: str,
-             overrides: Mapping[str, object], data_root: str | os.PathLike, lent: Mapping[str, str]) -> dict:
-    """Execute one notebook (``run_notebooks``); returns {output, seconds, error}."""
+             overrides: Mapping[str, object], data_root: str | os.PathLike,
+             environment: Mapping[str, str] | None = None) -> dict:
+    """Execute one notebook (``run_notebooks``), its kernel given ``environment`` besides this
+    process's; returns {output, seconds, error}."""
     run_dir = out_dir / path.stem
     output = run_dir / path.name
     if folder.resolve() in output.resolve().parents:
@@ -273,7 +277,7 @@ def _run_one(path: Path, folder: Path, out_dir: Path, declared: Mapping[str, dic
         profile_values.pop("casme2_epochs", None)  # the epochs asked for apply to every protocol
     # the runner's folders as the notebooks read them back (repo_path): relative to the repository when in it
     values = {"experiments_dir": repo_relative(out_dir / Path(EXPERIMENTS_DIR).name), **profile_values, **overrides,
-              **lent, "data_root": repo_relative(Path(data_root).resolve()), "run_dir": repo_relative(run_dir)}
+              "data_root": repo_relative(Path(data_root).resolve()), "run_dir": repo_relative(run_dir)}
     if "run_dir" not in declared:
         values["output_dir"] = repo_relative(run_dir)  # notebook 03 names its output folder output_dir
     parameters = {k: v for k, v in values.items() if k in declared}
@@ -283,13 +287,29 @@ def _run_one(path: Path, folder: Path, out_dir: Path, declared: Mapping[str, dic
     clock = time.perf_counter()
     error = None
     try:
-        with fold_progress(path.stem):
+        with fold_progress(path.stem), _environment(environment or {}):
             execute_notebook(path, output, parameters)
     except Exception as exc:  # recorded; the executed notebook shows the failing cell
         error = _error_text(exc)
     seconds = time.perf_counter() - clock
     print(f"[{path.stem}] {'FAILED: ' + error if error else 'done'} in {seconds:.0f} s -> {output}", flush=True)
     return {"output": output, "seconds": seconds, "error": error}
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]):
+    """``values`` set in ``os.environ`` (which a notebook's kernel inherits) while inside, the
+    previous values restored after."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 papermill / HTML machinery on a tiny notebook (the real notebooks: tests/test_notebooks.py)."""
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -627,14 +628,16 @@ def test_fold_training_note_counts_epochs_and_names_an_ensemble_or_the_baseline(
 
 def test_notebooks_that_take_a_scheduler_share_one_local_cluster(tmp_path, capsys, monkeypatch):
     """Two notebooks with a ``scheduler`` parameter and ``workers`` set run their folds on one
-    cluster that run_notebooks starts (the same worker processes), closed afterwards; without
+    cluster that run_notebooks starts (the same worker processes), closed afterwards, given as
+    their kernels' $DASK_SCHEDULER_ADDRESS (their parameters record no address); without
     workers, with a scheduler given, or with one such notebook, each starts its own, as before."""
     from mer_utils import runs
 
     source = tmp_path / "notebooks"
     body = ("import json, os\nfrom distributed import Client\npids = []\n"
-            "if scheduler:\n    with Client(scheduler) as client:\n        pids = sorted(client.run(os.getpid).values())\n"
-            "open(os.path.join(run_dir, 'seen.json'), 'w').write(json.dumps([scheduler, workers, pids]))")
+            "address = scheduler or os.environ.get('DASK_SCHEDULER_ADDRESS', '')\n"
+            "if address:\n    with Client(address) as client:\n        pids = sorted(client.run(os.getpid).values())\n"
+            "open(os.path.join(run_dir, 'seen.json'), 'w').write(json.dumps([address, workers, pids, scheduler]))")
     more = '\nscheduler: str = ""  # Dask scheduler\nworkers: int = 0  # local workers'
     for name in ("00_first", "01_second"):
         tiny_notebook(source, name, body, more)
@@ -647,7 +650,8 @@ def test_notebooks_that_take_a_scheduler_share_one_local_cluster(tmp_path, capsy
                                       overrides={"workers": 1}, notebooks_folder=source)
     assert all(o["error"] is None for o in outcome.values()), outcome
     first, second = seen(tmp_path / "runs")
-    assert first[0].startswith("tcp://127.0.0.1:") and first == second and len(first[2]) == 1
+    assert first[0].startswith("tcp://127.0.0.1:") and first == second and len(first[2]) == 1 and first[3] == ""
+    assert "DASK_SCHEDULER_ADDRESS" not in os.environ  # this process's environment as it was
     assert f"[reproduce] one local Dask cluster of 1 workers for 00_first, 01_second: {first[0]}" in capsys.readouterr().out
     assert runs._KEPT_CLUSTERS == {}  # closed once the notebooks ran
     paths = reproduce.list_notebooks(None, source)
@@ -667,7 +671,7 @@ def test_notebooks_that_take_a_scheduler_share_one_local_cluster(tmp_path, capsy
     with reproduce._lent_cluster(paths, declared, {"workers": 1}) as lend:
         first, same, edited = lend(), lend(), lend()
         assert first == same and edited != first and list(runs._KEPT_CLUSTERS.values())[0][0].scheduler_address \
-            == edited["scheduler"] and len(runs._KEPT_CLUSTERS) == 1
+            == edited["DASK_SCHEDULER_ADDRESS"] and len(runs._KEPT_CLUSTERS) == 1
     assert runs._KEPT_CLUSTERS == {} and "the kit's source changed" in capsys.readouterr().out
 
 
