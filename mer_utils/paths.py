@@ -26,6 +26,9 @@ SYNTHETIC_DIR = "data/synthetic"  # where `make demo` generates the synthetic da
 # finishes: `mer reproduce` sets it for each notebook and prints the lines on its console,
 # where a notebook's own progress bars are not seen (reproduce.fold_progress).
 PROGRESS_ENV = "MER_PROGRESS_FILE"
+# Set with $DASK_SCHEDULER_ADDRESS (to the same address) where `mer reproduce` lends its notebooks
+# the local cluster it started, so that an error about that scheduler says whose it is.
+LENT_SCHEDULER_ENV = "MER_LENT_SCHEDULER"
 OFFICIAL_MEGC2019_LIST = PACKAGE_DIR / "resources" / "megc2019_composite.csv"  # shipped MEGC2019 list
 
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from mer_utils.errors import ConfigError, MerError
 from mer_utils.notebook import execute_notebook
-from mer_utils.paths import (EXPERIMENTS_DIR, PROGRESS_ENV, REPORTS_DIR, RUNS_DIR, SYNTHETIC_DIR, data_root_dir,
-                             notebooks_dir, repo_relative)
+from mer_utils.paths import (EXPERIMENTS_DIR, LENT_SCHEDULER_ENV, PROGRESS_ENV, REPORTS_DIR, RUNS_DIR, SYNTHETIC_DIR,
+                             data_root_dir, notebooks_dir, repo_relative)
 from mer_utils.provenance import data_description
 from mer_utils.tables import DECIMALS
 
@@ -223,15 +223,16 @@ def run_notebooks(names: Iterable[str] | str | None = None, data_root: str | os.
 
 @contextlib.contextmanager
 def _lent_cluster(paths: Sequence[Path], declared: Mapping[Path, dict], values: Mapping[str, object]):
-    """A function giving ``{"DASK_SCHEDULER_ADDRESS": address}`` of one local Dask cluster, the
-    environment of each notebook that takes a ``scheduler`` (its kernel inherits it; the
-    executed notebook's parameters then record no address that ends with the run), where two or more of them run, a number of ``workers`` is set
-    (the synthetic-cpu profile's 2) and no scheduler is given (``scheduler`` or
-    ``$DASK_SCHEDULER_ADDRESS``); else one giving ``{}`` (each notebook starts its own
-    cluster). One cluster instead of one per notebook saves each later notebook its workers'
-    start and torch import (about 10 s on a 2-core CPU). It starts with the first notebook
-    that takes it, and starts again when the kit's source has changed since (edited during
-    the run), so that its workers run the code the notebook's kernel imports."""
+    """A function giving the environment of each notebook that takes a ``scheduler``:
+    ``$DASK_SCHEDULER_ADDRESS`` (and ``$MER_LENT_SCHEDULER``, which names it as this run's) of
+    one local Dask cluster. Its kernel inherits it, so the executed notebook's parameters record
+    no address that ends with the run. Only where two or more such notebooks run, a number
+    of ``workers`` is set (the synthetic-cpu profile's 2) and no scheduler is given
+    (``scheduler`` or ``$DASK_SCHEDULER_ADDRESS``); else the function gives ``{}`` (each
+    notebook starts its own cluster). One cluster instead of one per notebook saves each later
+    notebook its workers' start and torch import (about 10 s on a 2-core CPU). It starts with
+    the first notebook that takes it, and starts again when the kit's source has changed since
+    (edited during the run), so that its workers run the code the notebook's kernel imports."""
     takers = [p.stem for p in paths if "scheduler" in declared[p]]
     workers = values.get("workers") or 0
     if (len(takers) < 2 or not isinstance(workers, int) or workers < 1 or values.get("scheduler")
@@ -252,7 +253,7 @@ def _lent_cluster(paths: Sequence[Path], declared: Mapping[Path, dict], values: 
             lent.update(source=source, scheduler=lend_local_cluster(workers))
             print(f"[reproduce] one local Dask cluster of {workers} workers for {', '.join(takers)}: "
                   f"{lent['scheduler']}", flush=True)
-        return {"DASK_SCHEDULER_ADDRESS": lent["scheduler"]}
+        return {"DASK_SCHEDULER_ADDRESS": lent["scheduler"], LENT_SCHEDULER_ENV: lent["scheduler"]}
 
     try:
         yield lend

@@ -52,7 +52,7 @@ from mer_utils.config import RESULT_NEUTRAL_FIELDS, ExperimentConfig, experiment
 from mer_utils.data import PROTOCOLS, Sample, load_samples
 from mer_utils.errors import ConfigError, DatasetError, DataWarning, MerError, check_int
 from mer_utils.files import FOLD_FILE, atomic_write_text, file_digest, read_fold_record
-from mer_utils.paths import EXPERIMENTS_DIR, PACKAGE_DIR, PROGRESS_ENV, repo_path, repo_relative
+from mer_utils.paths import EXPERIMENTS_DIR, LENT_SCHEDULER_ENV, PACKAGE_DIR, PROGRESS_ENV, repo_path, repo_relative
 from mer_utils.provenance import is_synthetic, kit_identity
 
 NOTEBOOK_PATH = PACKAGE_DIR.parent / "notebooks" / "03_train.ipynb"  # one fold as a notebook (repository checkouts)
@@ -576,6 +576,10 @@ def check_scheduler(address: str, from_environment: bool = False) -> None:
         client = Client(address, timeout=SCHEDULER_TIMEOUT_S)
     except Exception as err:  # OSError, TimeoutError, ValueError for a malformed address
         reason = " ".join(str(err).split()) or type(err).__name__
+        if from_environment and os.environ.get(LENT_SCHEDULER_ENV) == address:
+            raise ConfigError(f"Dask scheduler {address} (the local cluster `mer reproduce` started for its notebooks) "
+                              f"cannot be reached ({reason}): it stopped during the run; run the same `mer reproduce` "
+                              "again (finished folds are kept)") from None
         source, way_out = ((" (from $DASK_SCHEDULER_ADDRESS)", "unset DASK_SCHEDULER_ADDRESS") if from_environment
                            else ("", "leave the scheduler out"))
         raise ConfigError(f"Dask scheduler {address}{source} cannot be reached ({reason}): start it there, or "

@@ -651,7 +651,7 @@ def test_notebooks_that_take_a_scheduler_share_one_local_cluster(tmp_path, capsy
     assert all(o["error"] is None for o in outcome.values()), outcome
     first, second = seen(tmp_path / "runs")
     assert first[0].startswith("tcp://127.0.0.1:") and first == second and len(first[2]) == 1 and first[3] == ""
-    assert "DASK_SCHEDULER_ADDRESS" not in os.environ  # this process's environment as it was
+    assert "DASK_SCHEDULER_ADDRESS" not in os.environ and "MER_LENT_SCHEDULER" not in os.environ  # as it was
     assert f"[reproduce] one local Dask cluster of 1 workers for 00_first, 01_second: {first[0]}" in capsys.readouterr().out
     assert runs._KEPT_CLUSTERS == {}  # closed once the notebooks ran
     paths = reproduce.list_notebooks(None, source)

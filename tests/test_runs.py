@@ -680,6 +680,13 @@ def test_an_unreachable_scheduler_is_named_before_any_work(data_root, tmp_path, 
         run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop"), out,
                        folds=[0], use_papermill=False, progress=False)
     assert not out.exists()
+    monkeypatch.setenv("MER_LENT_SCHEDULER", "tcp://127.0.0.1:2")  # mer reproduce lent it: it names itself
+    with pytest.raises(ConfigError, match=r"^Dask scheduler tcp://127\.0\.0\.1:2 \(the local cluster `mer reproduce` "
+                                          r"started for its notebooks\) cannot be reached \(.*\): it stopped during the run; "
+                                          r"run the same `mer reproduce` again \(finished folds are kept\)$"):
+        run_experiment(ExperimentConfig(root=str(data_root), protocol="casme2-5class", method="lbptop"), out,
+                       folds=[0], use_papermill=False, progress=False)
+    assert not out.exists()
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the lock is flock, which Windows lacks (nothing is locked there)")
