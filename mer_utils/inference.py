@@ -661,7 +661,8 @@ def model_summary(model: LoadedModel) -> str:
     return (f"{card['training_data']['n_samples']} samples, {epochs_text(training['epochs'])} at "
             f"{card['model']['image_size']} px{networks}, batch {training['batch_size']}, {_rates(training)}, "
             f"{AUGMENTATION_TEXT[_augmentation(training)]}, "
-            f"backbone {'pretrained' if card['model']['pretrained'] else 'from scratch'}" + (f", {where}" if where else ""))
+            f"backbone {'pretrained' if card['model']['pretrained'] else 'from scratch'}"
+            + (f", {where}" if where else ""))
 
 
 def _rates(training: Mapping) -> str:

@@ -547,8 +547,8 @@ def render_reports(runs_dir: str | os.PathLike = RUNS_DIR, reports_dir: str | os
         report.write_text(body.replace("<head>", "<head>" + REPORT_MARK, 1), encoding="utf-8")
         rows.append(_index_row(path, nb, report.name))
     now = _dt.datetime.now().astimezone().isoformat(timespec="minutes").replace("T", " ")
-    index.write_text(_INDEX_TEMPLATE.format(mark=REPORT_MARK, runs=html.escape(repo_relative(Path(runs_dir).resolve())), now=now,
-                                            rows="\n".join(rows)), encoding="utf-8")
+    runs = html.escape(repo_relative(Path(runs_dir).resolve()))
+    index.write_text(_INDEX_TEMPLATE.format(mark=REPORT_MARK, runs=runs, now=now, rows="\n".join(rows)), encoding="utf-8")
     return index
 
 

@@ -474,8 +474,9 @@ def fold_threads(workers_per_host: int) -> int:
 def default_local_workers(n_folds: int) -> int:
     """Folds a local cluster runs at a time when ``workers`` is not given: one on a machine
     with CUDA (a fold needs about 4 GiB at 320 px; two sharing one H200 with 16 cores ran
-    1.4 and 1.19 times the folds per hour in two sessions, docs/gpu.md, so
-    ``workers=2`` is the caller's choice where memory and cores allow), else as many as there are folds and cores."""
+    1.4 and 1.19 times the folds per hour in two sessions, docs/gpu.md, so ``workers=2`` is
+    the caller's choice where memory and cores allow), else as many as there are folds and
+    cores."""
     import torch
 
     if torch.cuda.is_available():
@@ -763,7 +764,8 @@ def _warn_stale(out_dir: Path, stale: dict[int, str], subjects: Sequence[str], c
     """Say which finished folds are stale, why, and whether they run again now."""
     for i, reason in stale.items():
         action = "running it again" if i in chosen else "not among the folds asked for: left out of the metrics"
-        warnings.warn(f"{repo_relative(out_dir)}: fold {i} ({subjects[i]}) is stale: {reason}; {action}", UserWarning, stacklevel=3)
+        warnings.warn(f"{repo_relative(out_dir)}: fold {i} ({subjects[i]}) is stale: {reason}; {action}", UserWarning,
+                      stacklevel=3)
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str | None = None,
@@ -873,7 +875,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
 def _mixed_devices(fold_dirs: Sequence[Path]) -> str | None:
     """A note when an experiment's CropNet folds were trained on more than one device or
     precision (a run resumed on another machine, or a cluster of CPU and GPU workers): "folds
-    trained on the CPU (float32) for 3 folds and CUDA (bfloat16) for 23 (they differ by
+    trained on the CPU (float32) for 3 folds and CUDA (bfloat16) for 23 folds (they differ by
     rounding)"; None when they agree."""
     from mer_utils.tables import device_counts, device_text
 

@@ -271,10 +271,10 @@ def device_text(records: Sequence[Mapping]) -> str:
     """Where CropNet folds were trained, from their ``fold.json`` records: "on the CPU
     (float32)", "on CUDA (bfloat16)", or, for an experiment whose folds were trained on both
     (resumed on another machine), "on the CPU (float32) for 3 folds and CUDA (bfloat16) for 23
-    (they differ by rounding)". Empty for records without a device (LBP-TOP's, older ones)."""
+    folds (they differ by rounding)". Empty for records without a device (LBP-TOP's, older ones)."""
     counts = device_counts(records)
-    names = {(device, precision): ("the CPU" if device == "cpu" else device.upper()) + (f" ({precision})" if precision else "")
-             for device, precision in counts}
+    names = {(device, precision): ("the CPU" if device == "cpu" else device.upper())
+             + (f" ({precision})" if precision else "") for device, precision in counts}
     if len(counts) == 1:
         return f"on {names[next(iter(counts))]}"
     parts = [f"{names[key]} for {n} fold{'' if n == 1 else 's'}" for key, n in sorted(counts.items())]
@@ -323,7 +323,8 @@ def training_note(experiments: Mapping[str, object]) -> str:
         start = " / ".join(sorted(weights_description(w) for w in used))
         where = device_text(records)
         how = (f"CropNet trained {start}, {epochs_text(config.epochs)} (fixed before the run)"
-               f"{ensemble_text(config.ensemble, config.seed)}, {training_text(config)}" + (f", {where}" if where else ""))
+               f"{ensemble_text(config.ensemble, config.seed)}, {training_text(config)}"
+               + (f", {where}" if where else ""))
         groups.setdefault(how, []).append(name)
     parts = [f"{how}: {', '.join(names)}." for how, names in groups.items()]
     if baseline:
