@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 from mer_utils.errors import MerError
 
@@ -107,3 +108,8 @@ def read_fold_record(fold_dir: str | os.PathLike) -> dict:
     if not isinstance(losses, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in losses):
         raise MerError(f"fold record {path} is damaged: expected a JSON object whose epoch_losses is a list of numbers")
     return record
+
+
+def fold_records(fold_dirs: Iterable[str | os.PathLike]) -> list[dict]:
+    """The ``fold.json`` records (:func:`read_fold_record`) of those of ``fold_dirs`` that have one."""
+    return [read_fold_record(d) for d in fold_dirs if (Path(d) / FOLD_FILE).is_file()]

@@ -322,8 +322,6 @@ def fold_progress(name: str, poll_s: float = 1.0):
     names a temporary file the runner appends to and a thread here follows."""
     handle, file = tempfile.mkstemp(prefix="mer-progress-", suffix=".txt")
     os.close(handle)
-    previous = os.environ.get(PROGRESS_ENV)
-    os.environ[PROGRESS_ENV] = file
     stop = threading.Event()
     clock = time.perf_counter()
 
@@ -343,14 +341,11 @@ def fold_progress(name: str, poll_s: float = 1.0):
     thread = threading.Thread(target=follow, name=f"fold progress {name}", daemon=True)
     thread.start()
     try:
-        yield file
+        with _environment({PROGRESS_ENV: file}):
+            yield file
     finally:
         stop.set()
         thread.join(timeout=10)
-        if previous is None:
-            os.environ.pop(PROGRESS_ENV, None)
-        else:
-            os.environ[PROGRESS_ENV] = previous
         with contextlib.suppress(OSError):
             os.unlink(file)
 

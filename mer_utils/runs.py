@@ -51,7 +51,7 @@ import mer_utils
 from mer_utils.config import RESULT_NEUTRAL_FIELDS, ExperimentConfig, experiment_key, experiment_settings
 from mer_utils.data import PROTOCOLS, Sample, load_samples
 from mer_utils.errors import ConfigError, DatasetError, DataWarning, MerError, check_int
-from mer_utils.files import FOLD_FILE, atomic_write_text, file_digest, read_fold_record
+from mer_utils.files import FOLD_FILE, atomic_write_text, file_digest, fold_records, read_fold_record
 from mer_utils.paths import EXPERIMENTS_DIR, LENT_SCHEDULER_ENV, PACKAGE_DIR, PROGRESS_ENV, repo_path, repo_relative
 from mer_utils.provenance import is_synthetic, kit_identity
 
@@ -844,7 +844,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
             note = f"partial: {len(completed)} of {len(subjects)} folds complete; missing subjects: {', '.join(missing)}"
             metrics["notes"].append(note)
             warnings.warn(f"{repo_relative(out_dir)}: metrics are {note}", UserWarning, stacklevel=2)
-        mixed = _mixed_devices([fold_dirs[i] for i in completed])
+        records = fold_records([fold_dirs[i] for i in completed])  # read once: devices and losses
+        mixed = _mixed_devices(records)
         if mixed:
             metrics["notes"].append(mixed)
             warnings.warn(f"{repo_relative(out_dir)}: {mixed}", UserWarning, stacklevel=2)
@@ -853,7 +854,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
         synthetic = ", synthetic data" if is_synthetic(config.root) else ""
         plot_confusion_matrix(metrics["confusion"], classes, path=out_dir / "confusion.png",
                               title=f"{config.method} on {config.protocol}, {len(table)} samples{synthetic}")
-        losses = mean_epoch_losses([fold_dirs[i] for i in completed])
+        losses = mean_epoch_losses(records)
         if losses:
             atomic_write_text(out_dir / LOSSES_FILE, "epoch,mean_loss\n" + "".join(
                 f"{epoch},{loss:.6f}\n" for epoch, loss in enumerate(losses, start=1)))
@@ -872,26 +873,20 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, scheduler: str
         _end_run(lock)
 
 
-def _mixed_devices(fold_dirs: Sequence[Path]) -> str | None:
-    """A note when an experiment's CropNet folds were trained on more than one device or
-    precision (a run resumed on another machine, or a cluster of CPU and GPU workers): "folds
-    trained on the CPU (float32) for 3 folds and CUDA (bfloat16) for 23 folds (they differ by
-    rounding)"; None when they agree."""
+def _mixed_devices(records: Sequence[Mapping]) -> str | None:
+    """A note when an experiment's CropNet folds (their ``fold.json`` records) were trained on
+    more than one device or precision (a run resumed on another machine, or a cluster of CPU
+    and GPU workers): "folds trained on the CPU (float32) for 3 folds and CUDA (bfloat16) for
+    23 folds (they differ by rounding)"; None when they agree."""
     from mer_utils.tables import device_counts, device_text
 
-    records = [read_fold_record(d) for d in fold_dirs if (Path(d) / FOLD_FILE).is_file()]
     return f"folds trained {device_text(records)}" if len(device_counts(records)) > 1 else None
 
 
-def mean_epoch_losses(fold_dirs: Sequence[Path]) -> list[float]:
+def mean_epoch_losses(records: Sequence[Mapping]) -> list[float]:
     """Mean training loss of each epoch over the folds' ``fold.json`` records (empty for the
     LBP-TOP baseline, which has no epochs)."""
-    curves = []
-    for fold_dir in fold_dirs:
-        if (Path(fold_dir) / FOLD_FILE).is_file():
-            losses = read_fold_record(fold_dir).get("epoch_losses") or []
-            if losses:
-                curves.append(losses)
+    curves = [losses for record in records if (losses := record.get("epoch_losses"))]
     if not curves or len({len(c) for c in curves}) != 1:
         return []
     return np.mean(np.asarray(curves, dtype=float), axis=0).tolist()

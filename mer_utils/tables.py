@@ -306,7 +306,7 @@ def training_note(experiments: Mapping[str, object]) -> str:
     epochs, learning rate, batch size, input size, training augmentation and, for an ensemble,
     its networks per fold, and where its folds were trained (:func:`device_text`). LBP-TOP
     rows are named as the baseline."""
-    from mer_utils.files import FOLD_FILE, read_fold_record
+    from mer_utils.files import fold_records
 
     groups: dict[str, list[str]] = {}
     baseline = []
@@ -318,7 +318,7 @@ def training_note(experiments: Mapping[str, object]) -> str:
             baseline.append(name)
             continue
         config = config.resolved()
-        records = [read_fold_record(d) for d in getattr(entry, "fold_dirs", {}).values() if (d / FOLD_FILE).is_file()]
+        records = fold_records(getattr(entry, "fold_dirs", {}).values())
         used = {r.get("weights", config.pretrained_weights) for r in records} or {config.pretrained_weights}
         start = " / ".join(sorted(weights_description(w) for w in used))
         where = device_text(records)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from mer_utils import figures, notebook, paths, provenance, reproduce, runs, tables, tsne
+from mer_utils import figures, files, notebook, paths, provenance, reproduce, runs, tables, tsne
 from mer_utils.data import pick_sample
 from mer_utils.models.cgpo import cgpo_geometry, cgpo_views
 from mer_utils.errors import ConfigError, DatasetError, MerError
@@ -243,9 +243,9 @@ def test_training_notes_say_where_the_folds_were_trained(tmp_path):
     mixed = ExperimentResult(config, tmp_path, {}, fold_dirs=folds)
     assert ("on the CPU (float32) for 1 fold and CUDA (bfloat16) for 2 folds (they differ by rounding): x."
             in tables.training_note({"x": mixed}))
-    assert runs._mixed_devices(list(folds.values())) == (
+    assert runs._mixed_devices(files.fold_records(list(folds.values()))) == (
         "folds trained on the CPU (float32) for 1 fold and CUDA (bfloat16) for 2 folds (they differ by rounding)")
-    assert runs._mixed_devices([folds[1], folds[2]]) is None
+    assert runs._mixed_devices(files.fold_records([folds[1], folds[2]])) is None
 
 
 # ----------------------------------------------------------------------------- figures and numbers
