@@ -104,7 +104,7 @@ def train_protocol(config: ExperimentConfig, out_dir: str | Path, *, apex: str =
     from mer_utils.data import load_samples
     from mer_utils.files import atomic_write_bytes, atomic_write_text
     from mer_utils.preprocess import PREPROCESS_VERSION, load_image, preprocess_samples
-    from mer_utils.train import train_model
+    from mer_utils.train import processor_name, train_model
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -160,6 +160,7 @@ def train_protocol(config: ExperimentConfig, out_dir: str | Path, *, apex: str =
                                                  "recalibrate_bn")},
                      "device": fitted.device.type,
                      "precision": str(fitted.amp_dtype).removeprefix("torch.") if fitted.amp else "float32",
+                     "processor": processor_name(fitted.device),
                      "epoch_losses": [round(float(x), 6) for x in fitted.epoch_losses],
                      **({"member_epoch_losses": [[round(x, 6) for x in losses] for losses in fitted.member_losses]}
                         if fitted.member_losses else {}),

@@ -281,7 +281,7 @@ def run_fold(config: ExperimentConfig, fold: int, fold_dir: str | Path, torch_th
         predictions = result.to_frame()
         trained = dict(n_train=result.n_train, device=result.device, pretrained=result.pretrained,
                        weights=config.pretrained_weights, epoch_losses=[float(x) for x in result.epoch_losses],
-                       precision=result.config.get("amp_dtype", "float32"),
+                       precision=result.config.get("amp_dtype", "float32"), processor=result.processor,
                        loader_workers=result.config.get("num_workers"), channels_last=result.channels_last,
                        gpu_peak_memory_mib=result.gpu_peak_memory_mib,
                        seconds={"load": round(training - started, 3), **result.seconds})

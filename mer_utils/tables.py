@@ -257,27 +257,35 @@ def fold_training_note(record: Mapping, config=None) -> str:
             + ", " + training_text(config) + (f", {where}" if where else ""))
 
 
-def device_counts(records: Sequence[Mapping]) -> dict[tuple[str, str], int]:
-    """CropNet folds per (device type, precision) in these ``fold.json`` records."""
-    counts: dict[tuple[str, str], int] = {}
+def device_counts(records: Sequence[Mapping]) -> dict[tuple[str, str, str], int]:
+    """CropNet folds per (device type, precision, processor) in these ``fold.json`` records
+    ("" where a record does not give one: older folds)."""
+    counts: dict[tuple[str, str, str], int] = {}
     for record in records:
         if record.get("device") and record.get("epoch_losses"):
-            key = (str(record["device"]).split(":")[0], str(record.get("precision") or ""))  # "": not recorded
+            key = (str(record["device"]).split(":")[0], str(record.get("precision") or ""),
+                   str(record.get("processor") or ""))
             counts[key] = counts.get(key, 0) + 1
     return counts
 
 
 def device_text(records: Sequence[Mapping]) -> str:
     """Where CropNet folds were trained, from their ``fold.json`` records: "on the CPU
-    (float32)", "on CUDA (bfloat16)", or, for an experiment whose folds were trained on both
-    (resumed on another machine), "on the CPU (float32) for 3 folds and CUDA (bfloat16) for 23
-    folds (they differ by rounding)". Empty for records without a device (LBP-TOP's, older ones)."""
+    (float32; Intel(R) Xeon(R) Processor, AVX512)", "on CUDA (bfloat16; NVIDIA H200)", or, for
+    an experiment whose folds were trained on more than one (resumed on another machine, a
+    cluster of several kinds), "on the CPU (float32; ...) for 3 folds and CUDA (bfloat16; ...)
+    for 23 folds (they differ by rounding)". The processor matters on the CPU too: the same
+    fold on another instruction set gives other digits (README, "Reproducibility"). Empty for
+    records without a device (LBP-TOP's, older ones)."""
     counts = device_counts(records)
-    names = {(device, precision): ("the CPU" if device == "cpu" else device.upper())
-             + (f" ({precision})" if precision else "") for device, precision in counts}
+
+    def name(device: str, precision: str, processor: str) -> str:
+        details = "; ".join(part for part in (precision, processor) if part)
+        return ("the CPU" if device == "cpu" else device.upper()) + (f" ({details})" if details else "")
+
     if len(counts) == 1:
-        return f"on {names[next(iter(counts))]}"
-    parts = [f"{names[key]} for {n} fold{'' if n == 1 else 's'}" for key, n in sorted(counts.items())]
+        return f"on {name(*next(iter(counts)))}"
+    parts = [f"{name(*key)} for {n} fold{'' if n == 1 else 's'}" for key, n in sorted(counts.items())]
     return ("on " + ", ".join(parts[:-1]) + " and " + parts[-1] + " (they differ by rounding)") if parts else ""
 
 

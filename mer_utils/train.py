@@ -12,6 +12,8 @@ import dataclasses
 import logging
 import math
 import multiprocessing
+import os
+import platform
 import random
 import sys
 import time
@@ -151,6 +153,7 @@ class FoldResult:
     gpu_peak_memory_mib: float | None = None  # CUDA: peak memory torch allocated during the fold; CPU: None
     seconds: dict = field(default_factory=dict)  # wall seconds: "epochs" (a list), "recalibrate", "predict"
     member_losses: list[list[float]] = field(default_factory=list)  # ensemble: each member's epoch losses
+    processor: str = ""  # processor_name(device): the GPU, or the CPU and its instruction set
 
     def to_frame(self) -> pd.DataFrame:
         """The predictions table: dataset, subject, clip, true_label, pred_label, prob_<class>..."""
@@ -299,6 +302,26 @@ def _labels(samples: list[Sample], classes: tuple[str, ...]) -> list[int]:
     return labels
 
 
+def processor_name(device: torch.device | str) -> str:
+    """The processor that computes on ``device``, as fold records and model cards name it:
+    the GPU's name on CUDA ("NVIDIA H200"); on the CPU its model and the instruction set
+    PyTorch's kernels use ("Intel(R) Xeon(R) Processor, AVX512"), with oneDNN's or MKL's
+    limit where one is set in the environment. The CPU path gives the same digits run after
+    run on one kind of processor, but not on another: oneDNN, MKL and PyTorch pick their
+    kernels by the instruction set, and they round differently (README, "Reproducibility")."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = ""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    parts = [name, torch.backends.cpu.get_cpu_capability()]
+    parts += [f"{var}={os.environ[var]}" for var in ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR") if os.environ.get(var)]
+    return ", ".join(parts)
+
+
 def _native_bf16(device: torch.device) -> bool:
     """Whether the GPU ``device`` computes bfloat16 natively (compute capability 8.0 on); older
     ones (V100, T4) only emulate it, so training takes float16 with a gradient scaler there."""
@@ -382,6 +405,7 @@ def train_fold(
         gpu_peak_memory_mib=peak,
         seconds=seconds,
         member_losses=fitted.member_losses,
+        processor=processor_name(device),
     )
 
 

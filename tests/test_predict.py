@@ -17,6 +17,7 @@ from mer_utils.config import ExperimentConfig
 from mer_utils.data import load_samples
 from mer_utils.errors import ConfigError, DatasetError, PreprocessError
 from mer_utils.evaluate import metrics_from_file
+from mer_utils.train import processor_name
 from mer_utils.inference import (CARD_FILE, CARD_FORMAT, WEIGHTS_FILE, load_model, predict_clip, predict_protocol,
                                  read_clip, tile_influence, train_protocol, write_video)
 from mer_utils.spotting import with_apex
@@ -373,9 +374,10 @@ def test_an_ensemble_model_folder_round_trips(setup, tmp_path):
                                     "batch 8, lr 0.001 (fully connected layers 0.0001), the paper's four augmentations, "
                                     "backbone from scratch, " + tables.device_text([model.card["training"]]))
     if model.card["training"]["device"] == "cpu":  # where the tests run
-        assert model_summary(model).endswith(", on the CPU (float32)")
+        assert model_summary(model).endswith(f", on the CPU (float32; {processor_name('cpu')})")
+        assert model.card["training"]["processor"] == processor_name("cpu")
     assert card_table(model).loc["training", "value"].endswith(", " + tables.device_text([model.card["training"]]))
-    del model.card["training"]["precision"]  # a card written before the kit recorded it: the device alone
+    del model.card["training"]["precision"], model.card["training"]["processor"]  # an older card: the device alone
     assert model_summary(model).endswith(", on the CPU" if model.card["training"]["device"] == "cpu" else ", on CUDA")
     assert card_table(model).loc["testing", "value"] == "BatchNorm statistics of the un-augmented training images"
     prediction = predict_clip(model, unseen[0].frames[0].parent)

@@ -227,25 +227,37 @@ def test_training_note_reads_the_fold_records(tmp_path):
 
 def test_training_notes_say_where_the_folds_were_trained(tmp_path):
     config = ExperimentConfig(root=str(tmp_path), protocol="casme2-5class", method="ars", epochs=2).resolved()
+    xeon, h200 = "Intel(R) Xeon(R) Processor, AVX512", "NVIDIA H200"
     folds = {}
-    for i, (device, precision) in enumerate([("cpu", "float32"), ("cuda", "bfloat16"), ("cuda:1", "bfloat16")]):
+    for i, (device, precision, processor) in enumerate([("cpu", "float32", xeon), ("cuda", "bfloat16", h200),
+                                                         ("cuda:1", "bfloat16", h200), ("cpu", "float32", None)]):
         folds[i] = tmp_path / f"fold_{i:02d}"
         folds[i].mkdir()
-        (folds[i] / "fold.json").write_text(json.dumps({"weights": "none", "device": device, "precision": precision,
-                                                        "epoch_losses": [1.5, 1.2]}))
+        record = {"weights": "none", "device": device, "precision": precision, "epoch_losses": [1.5, 1.2]}
+        (folds[i] / "fold.json").write_text(json.dumps(record | ({"processor": processor} if processor else {})))
     one = ExperimentResult(config, tmp_path, {}, fold_dirs={0: folds[0]})
-    assert tables.training_note({"x": one}).endswith("training images, on the CPU (float32): x.")
+    assert tables.training_note({"x": one}).endswith(f"training images, on the CPU (float32; {xeon}): x.")
+    older = ExperimentResult(config, tmp_path, {}, fold_dirs={3: folds[3]})  # a fold of a kit before "processor"
+    assert tables.training_note({"x": older}).endswith("training images, on the CPU (float32): x.")
     gpu = ExperimentResult(config, tmp_path, {}, fold_dirs={1: folds[1], 2: folds[2]})
-    assert "training images, on CUDA (bfloat16): x." in tables.training_note({"x": gpu})  # cuda:1 is CUDA too
+    assert f"training images, on CUDA (bfloat16; {h200}): x." in tables.training_note({"x": gpu})  # cuda:1 is CUDA too
     assert tables.fold_training_note(json.loads((folds[1] / "fold.json").read_text()), config).endswith(
-        "training images, on CUDA (bfloat16)")
+        f"training images, on CUDA (bfloat16; {h200})")
     # an experiment resumed on another machine: the table's note and the run's metrics say so
-    mixed = ExperimentResult(config, tmp_path, {}, fold_dirs=folds)
-    assert ("on the CPU (float32) for 1 fold and CUDA (bfloat16) for 2 folds (they differ by rounding): x."
-            in tables.training_note({"x": mixed}))
-    assert runs._mixed_devices(files.fold_records(list(folds.values()))) == (
-        "folds trained on the CPU (float32) for 1 fold and CUDA (bfloat16) for 2 folds (they differ by rounding)")
+    mixed = ExperimentResult(config, tmp_path, {}, fold_dirs={i: folds[i] for i in range(3)})
+    assert (f"on the CPU (float32; {xeon}) for 1 fold and CUDA (bfloat16; {h200}) for 2 folds (they differ by "
+            "rounding): x." in tables.training_note({"x": mixed}))
+    assert runs._mixed_devices(files.fold_records([folds[i] for i in range(3)])) == (
+        f"folds trained on the CPU (float32; {xeon}) for 1 fold and CUDA (bfloat16; {h200}) for 2 folds "
+        "(they differ by rounding)")
     assert runs._mixed_devices(files.fold_records([folds[1], folds[2]])) is None
+    # two kinds of CPU are two processors too: their kernels round differently
+    epyc = folds[3] / "fold.json"
+    epyc.write_text(json.dumps(json.loads(epyc.read_text()) | {"processor": "AMD EPYC 7B13, AVX2"}))
+    assert runs._mixed_devices(files.fold_records([folds[0], folds[3]])) == (
+        "folds trained on the CPU (float32; AMD EPYC 7B13, AVX2) for 1 fold and the CPU (float32; "
+        f"{xeon}) for 1 fold (they differ by rounding)")
+
 
 
 # ----------------------------------------------------------------------------- figures and numbers

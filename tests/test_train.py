@@ -9,8 +9,8 @@ import torch
 
 from mer_utils.data.sample import Sample
 from mer_utils.errors import ConfigError, TrainingError
-from mer_utils.train import (CUDA_LOADER_WORKERS, TrainConfig, build_transform, predict_probs, split_fold,
-                             train_fold, train_model)
+from mer_utils.train import (CUDA_LOADER_WORKERS, TrainConfig, build_transform, predict_probs, processor_name,
+                             split_fold, train_fold, train_model)
 
 CLASSES = ("alpha", "beta", "gamma", "delta")
 
@@ -330,3 +330,10 @@ def test_bfloat16_only_where_the_gpu_computes_it_natively(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                         lambda including_emulation=True: asked.append(including_emulation) or including_emulation)
     assert train_module._native_bf16(torch.device("cuda:1")) is False and asked == [False]
+
+
+def test_processor_name_gives_the_cpu_and_its_instruction_set(monkeypatch):
+    name = processor_name("cpu")
+    assert name.endswith(", " + torch.backends.cpu.get_cpu_capability()) and len(name.split(", ")[0]) > 0
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # a limit the user set changes the kernels: it is named
+    assert processor_name("cpu") == name + ", ONEDNN_MAX_CPU_ISA=AVX2"
