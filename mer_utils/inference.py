@@ -159,7 +159,7 @@ def train_protocol(config: ExperimentConfig, out_dir: str | Path, *, apex: str =
                                                  "label_smoothing", "schedule", "augmentation", "seed",
                                                  "recalibrate_bn")},
                      "device": fitted.device.type,
-                     "precision": str(fitted.amp_dtype).removeprefix("torch.") if fitted.amp else "float32",
+                     "precision": fitted.precision,
                      "processor": processor_name(fitted.device),
                      "epoch_losses": [round(float(x), 6) for x in fitted.epoch_losses],
                      **({"member_epoch_losses": [[round(x, 6) for x in losses] for losses in fitted.member_losses]}

@@ -412,7 +412,7 @@ def train_fold(
 def _config_record(config: TrainConfig, classes: tuple[str, ...], fitted: "TrainedModel") -> dict:
     return {**dataclasses.asdict(config), "classes": list(classes),
             "pretrained_weights": None if config.pretrained_weights is None else str(config.pretrained_weights),
-            "amp_dtype": str(fitted.amp_dtype).removeprefix("torch.") if fitted.amp else "float32",
+            "amp_dtype": fitted.precision,
             "num_workers": fitted.loader_workers, "channels_last": fitted.channels_last}
 
 
@@ -434,6 +434,12 @@ class TrainedModel:
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic it was trained in: "float32", or on CUDA "bfloat16" ("float16" where
+        bfloat16 is only emulated)."""
+        return str(self.amp_dtype).removeprefix("torch.") if self.amp else "float32"
 
 
 def _check_trainable(samples: Sequence[Sample]) -> None:
